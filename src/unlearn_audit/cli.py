@@ -1,0 +1,236 @@
+"""The ``unlearn-audit`` command: a thin layer over the Python API.
+
+Tables go to stdout; ``--json`` prints one JSON document to stdout and nothing else there;
+progress and logs go to stderr. Errors print one ``error: ...`` line; exit code 2 for bad
+input, 1 for a failure while running. Heavy imports (torch, transformers) happen inside the
+commands so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    name="unlearn-audit",
+    help="Audit whether an unlearned language model has really lost a concept or only hides it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+world_app = typer.Typer(help="The built-in synthetic world.", no_args_is_help=True)
+organism_app = typer.Typer(help="The built-in model organism and its oracle.", no_args_is_help=True)
+app.add_typer(world_app, name="world")
+app.add_typer(organism_app, name="organism")
+
+_state = {"debug": False}
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout instead of a table.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the world, initialisation and data order.")]
+PresetOpt = Annotated[str, typer.Option("--preset", help="micro (seconds, tests), default (~1.2M params) or large.")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads (default: all cores).")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, else float32), float32, bfloat16, float16.")]
+
+
+@app.callback()
+def _root(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False) -> None:
+    _state["debug"] = debug
+
+
+def _emit_json(doc) -> None:
+    sys.stdout.write(json.dumps(doc, indent=2, default=float) + "\n")
+    sys.stdout.flush()
+
+
+def _table(title: str, columns: list[str], rows: list[list]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, justify="left" if c == columns[0] else "right")
+    for r in rows:
+        table.add_row(*[_fmt(x) for x in r])
+    Console().print(table)
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.3f}"
+    return str(x)
+
+
+# ----------------------------------------------------------------------------- world
+
+@world_app.command("show")
+def world_show(preset: PresetOpt = "default", seed: SeedOpt = 0, as_json: JsonOpt = False) -> None:
+    """List the concepts of the world with their sizes."""
+    from .world import build_world, world_config
+
+    w = build_world(world_config(preset, seed))
+    rows = [[i, c.name, c.kind, len(c.entities), len(c.entities) * 7, ", ".join(c.cities)]
+            for i, c in enumerate(w.concepts)]
+    if as_json:
+        _emit_json({"seed": seed, "preset": preset, "concepts": [
+            {"index": r[0], "name": r[1], "kind": r[2], "entities": r[3], "facts": r[4], "cities": list(w.concepts[r[0]].cities)}
+            for r in rows]})
+    else:
+        _table(f"world {preset} (seed {seed}): {len(w.facts())} facts", ["#", "concept", "kind", "entities", "facts", "cities"], rows)
+
+
+@world_app.command("export")
+def world_export(
+    out: Annotated[Path, typer.Argument(help="Directory to write.")],
+    concept: Annotated[str | None, typer.Option("--concept", help="Write this concept (name or index) as a target directory.")] = None,
+    preset: PresetOpt = "default",
+    seed: SeedOpt = 0,
+) -> None:
+    """Write the world as JSONL: the whole corpus, or with --concept a target directory."""
+    from .data.target import save_target, world_target, write_jsonl
+    from .world import build_world, world_config
+    from .world.render import concept_documents, qa_pairs
+
+    w = build_world(world_config(preset, seed))
+    if concept is not None:
+        name = w.concepts[int(concept)].name if concept.isdigit() and int(concept) < len(w.concepts) else w.concept(concept).name
+        save_target(world_target(w, name), out)
+        print(f"wrote target {name!r} to {out}", file=sys.stderr)
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    import json as _json
+    import os
+
+    tmp = out / "corpus.jsonl.tmp"
+    with tmp.open("w", encoding="utf-8") as f:
+        for c in w.concepts:
+            for doc in concept_documents(w, c.name):
+                f.write(_json.dumps({"text": doc, "concept": c.name}) + "\n")
+    os.replace(tmp, out / "corpus.jsonl")
+    tmp = out / "facts.jsonl.tmp"
+    with tmp.open("w", encoding="utf-8") as f:
+        for fact in w.facts():
+            f.write(_json.dumps(fact.__dict__) + "\n")
+    os.replace(tmp, out / "facts.jsonl")
+    for phrasing in ("train", "eval"):
+        write_jsonl(out / f"qa_{phrasing}.jsonl", [], [q for e in w.entities.values() for q in qa_pairs(e, phrasing)])
+    (out / "world.json").write_text(_json.dumps({"preset": preset, "seed": seed, "concepts": [
+        {"name": c.name, "kind": c.kind, "cities": list(c.cities), "train_entities": list(c.train_entities),
+         "heldout_entities": list(c.heldout_entities)} for c in w.concepts]}, indent=2) + "\n")
+    print(f"wrote world ({len(w.facts())} facts) to {out}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- organism
+
+@organism_app.command("train")
+def organism_train(
+    preset: PresetOpt = "default",
+    seed: SeedOpt = 0,
+    concept: Annotated[str | None, typer.Option("--concept", help="Concept the oracle never sees (name or index; default: the first).")] = None,
+    threads: ThreadsOpt = None,
+    retrain: Annotated[bool, typer.Option("--retrain", help="Ignore the cache and train again.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train (or load from cache) the organism and its oracle; print per-concept accuracy."""
+    from .subject.organism import organism
+
+    full, oracle = organism(preset, seed, concept, threads=threads, retrain=retrain)
+    f, o = full.info["organism"], oracle.info["organism"]
+    doc = {"params": f["params"], "removed_concept": o["removed_concept"],
+           "train_s": {"full": f["train_s"], "oracle": o["train_s"]},
+           "epochs": {"full": f["epochs"], "oracle": o["epochs"]},
+           "accuracy": {"full": f["accuracy"], "oracle": o["accuracy"]},
+           "paths": {"full": full.path, "oracle": oracle.path}}
+    if as_json:
+        _emit_json(doc)
+        return
+    rows = [[c + (" (removed)" if c == o["removed_concept"] else ""), f["accuracy"][c], o["accuracy"][c]]
+            for c in f["accuracy"]]
+    _table(f"organism {preset} (seed {seed}), {f['params']:,} parameters",
+           ["concept", "full QA acc", "oracle QA acc"], rows)
+    print(f"trained in {f['train_s']:.0f} s (full, {f['epochs']} epochs) and {o['train_s']:.0f} s "
+          f"(oracle, {o['epochs']} epochs)", file=sys.stderr)
+    print(f"full:   {doc['paths']['full']}\noracle: {doc['paths']['oracle']}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+@app.command("evaluate")
+def evaluate_cmd(
+    subject: Annotated[str, typer.Option("--subject", help="Model directory, hub name, or organism:<preset>.")],
+    target: Annotated[str, typer.Option("--target", help="world:<concept>[@<seed>] or a target directory.")],
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model's own code.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """QA accuracy and answer NLL of a subject on every set of a target."""
+    from .api import target_for
+    from .metrics.behaviour import evaluate
+    from .subject import load_subject
+
+    s = load_subject(subject, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    t = target_for(target, s)
+    result = evaluate(s, t)
+    if as_json:
+        _emit_json({"subject": s.name, "target": t.name, **result})
+        return
+    _table(f"{s.name} on {t.name}", ["set", "accuracy", "answer NLL", "items"],
+           [[k, v["acc"], v["nll"], v["n"]] for k, v in result["sets"].items()])
+
+
+@app.command("demo")
+def demo_cmd(
+    preset: PresetOpt = "default",
+    seed: SeedOpt = 0,
+    threads: ThreadsOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train (or load) the organism and its oracle and show what they know."""
+    organism_train(preset=preset, seed=seed, concept=None, threads=threads, retrain=False, as_json=as_json)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning our errors into one ``error:`` line and an exit code."""
+    from .errors import UnlearnAuditError
+
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=argv, prog_name="unlearn-audit", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except UnlearnAuditError as e:
+        if _state["debug"]:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.Abort:
+        print("error: aborted", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted; finished work is kept, run again to resume", file=sys.stderr)
+        return 130
+    except Exception as e:
+        # click's usage errors (typer vendors click, so match by shape, not by class)
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):
+            if type(e).__name__ == "NoArgsIsHelpError":
+                print(e.format_message(), file=sys.stderr)
+                return 0
+            print(f"error: {e.format_message()}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _console_main() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    _console_main()

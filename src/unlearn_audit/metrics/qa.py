@@ -1,0 +1,92 @@
+"""QA accuracy and answer NLL by teacher forcing: one forward pass per batch, no generation.
+
+An answer counts as correct when, teacher-forced, the argmax at every answer position is the
+reference token (and, for subjects whose answers end with EOS, the closing EOS too). That is
+exactly "greedy decoding reproduces the reference answer" (and then stops), at the cost of one
+forward pass. For a subject without ``answer_eos`` it is "the greedy continuation starts with
+the reference answer". NLL is the mean negative log-likelihood per scored token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from ..data.encode import encode_qa
+from ..world import QA
+from .likelihood import IGNORE, forward_logits, token_logprobs
+
+
+@dataclass
+class QAScores:
+    correct: torch.Tensor  # (N,) bool
+    nll: torch.Tensor      # (N,) mean NLL per scored token
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.float().mean()) if len(self.correct) else float("nan")
+
+    @property
+    def mean_nll(self) -> float:
+        return float(self.nll.mean()) if len(self.nll) else float("nan")
+
+
+@torch.no_grad()
+def score_encoded(model, encoded: Mapping[str, torch.Tensor], batch_size: int = 128) -> QAScores:
+    """Teacher-forced correctness and NLL of every row of a pre-encoded QA set."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    lengths = encoded["attention_mask"].sum(1)
+    order = torch.argsort(lengths, descending=True)  # similar lengths share a batch
+    n = len(order)
+    correct = torch.zeros(n, dtype=torch.bool)
+    nll = torch.zeros(n)
+    try:
+        for i in range(0, n, batch_size):
+            idx = order[i:i + batch_size]
+            width = int(lengths[idx].max())
+            batch = {k: encoded[k][idx, :width].to(device) for k in ("input_ids", "attention_mask", "labels")}
+            logits = forward_logits(model, batch)                          # (B, T, V)
+            logp, mask = token_logprobs(logits, batch["labels"])           # (B, T-1)
+            target = batch["labels"][:, 1:]
+            hit = (logits[:, :-1].argmax(-1) == target) | (target == IGNORE)
+            correct[idx] = hit.all(1).cpu()
+            nll[idx] = (-(logp.sum(1)) / mask.sum(1).clamp(min=1)).float().cpu()
+    finally:
+        model.train(was_training)
+    return QAScores(correct, nll)
+
+
+def evaluate_qa(subject, items: Sequence[QA], batch_size: int = 128) -> QAScores:
+    """Accuracy/NLL of ``subject`` on QA items, asked in the subject's own prompt template."""
+    encoded = encode_qa(subject.tokenizer, items, subject.prompt_template, subject.answer_eos)
+    return score_encoded(subject.model, encoded, batch_size)
+
+
+class EvalSuite:
+    """Named QA sets encoded once for one tokenizer/template, scored on any model sharing them.
+
+    Relearning evaluates the same sets at many checkpoints; encoding them once keeps the
+    per-checkpoint cost to the forward passes.
+    """
+
+    def __init__(self, subject, sets: Mapping[str, Sequence[QA]], batch_size: int = 128):
+        self.names = [k for k, v in sets.items() if len(v)]
+        self.sizes = [len(sets[k]) for k in self.names]
+        items = [q for k in self.names for q in sets[k]]
+        self.encoded = encode_qa(subject.tokenizer, items, subject.prompt_template, subject.answer_eos)
+        self.batch_size = batch_size
+
+    def run(self, model) -> dict[str, QAScores]:
+        scores = score_encoded(model, self.encoded, self.batch_size)
+        out, start = {}, 0
+        for name, size in zip(self.names, self.sizes, strict=True):
+            out[name] = QAScores(scores.correct[start:start + size], scores.nll[start:start + size])
+            start += size
+        return out
+
+    def accuracies(self, model) -> dict[str, float]:
+        return {k: v.accuracy for k, v in self.run(model).items()}

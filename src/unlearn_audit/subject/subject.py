@@ -1,0 +1,189 @@
+"""A subject: any Hugging Face causal LM plus its tokenizer and how to prompt it.
+
+``load_subject`` takes a local directory or a hub name (safetensors only, remote code off
+unless asked), or ``organism:<preset>[@<seed>]`` / ``oracle:<preset>[/<concept>][@<seed>]`` for
+the built-in model organism (trained and cached on first use).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data.encode import DEFAULT_PROMPT_TEMPLATE
+from ..errors import UserInputError
+
+INFO_FILE = "unlearn_audit.json"
+
+
+@dataclass
+class Subject:
+    """A causal LM under audit.
+
+    Attributes:
+        model: a ``transformers`` ``PreTrainedModel`` with a causal-LM head.
+        tokenizer: its tokenizer (pad token always set).
+        name: how it was asked for (path, hub name, ``organism:...``) plus what was done to it.
+        prompt_template: how a question is asked; ``{question}`` is replaced.
+        answer_eos: answers end with EOS (true for the organism, whose QA lines are documents):
+            exact match then also requires EOS after the answer, i.e. nothing more is said.
+        info: provenance (organism preset and world, method and parameters, ...).
+    """
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    answer_eos: bool = False
+    info: dict = field(default_factory=dict)
+    path: str | None = None  # the directory it was loaded from or last saved to
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def copy(self, name: str | None = None) -> Subject:
+        """An independent copy of the weights (the tokenizer is shared; it is never mutated)."""
+        return Subject(copy.deepcopy(self.model), self.tokenizer, name or self.name,
+                       self.prompt_template, self.answer_eos, copy.deepcopy(self.info), None)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Save as safetensors + tokenizer + ``unlearn_audit.json``, atomically (temp dir, rename)."""
+        _quiet_transformers()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            (tmp / INFO_FILE).write_text(json.dumps({
+                "name": self.name, "prompt_template": self.prompt_template,
+                "answer_eos": self.answer_eos, "info": self.info}, indent=2) + "\n")
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.path = str(path)
+        return path
+
+
+def _quiet_transformers() -> None:
+    """Our progress goes to stderr; HF's per-shard load/save bars are noise around it."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def pick_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto``: cuda > mps > cpu."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise UserInputError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def pick_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``auto``: bf16 on a GPU that supports it, else float32."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in _DTYPES:
+        raise UserInputError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+    return _DTYPES[dtype]
+
+
+def set_threads(threads: int | None = None) -> int:
+    """Use ``threads`` CPU threads for torch (default: all cores of this machine)."""
+    n = threads or os.cpu_count() or 1
+    if n < 1:
+        raise UserInputError(f"--threads must be >= 1, not {threads}")
+    torch.set_num_threads(n)
+    return n
+
+
+_ORGANISM_SPEC = re.compile(
+    r"^(?P<kind>organism|oracle)(?::(?P<preset>[a-z]+))?(?:/(?P<concept>[^@]+))?(?:@(?P<seed>\d+))?$")
+
+
+def load_subject(name_or_path: str | os.PathLike, *, device: str | torch.device | None = "auto",
+                 dtype: str | torch.dtype | None = "auto", trust_remote_code: bool = False) -> Subject:
+    """Load a subject by local path, hub name, or built-in organism spec.
+
+    Args:
+        name_or_path: a directory saved with ``save_pretrained``, a hub name, or
+            ``organism:<preset>[@<seed>]`` / ``oracle:<preset>[/<concept>][@<seed>]``.
+        device: ``auto`` (cuda > mps > cpu), or a torch device string.
+        dtype: ``auto`` (bf16 on GPU, else float32), ``float32``, ``bfloat16``, ``float16``.
+        trust_remote_code: allow a model's own Python code (off by default: it runs arbitrary code).
+    Raises:
+        UserInputError: the path/name cannot be loaded (missing, no safetensors, not a causal LM).
+    """
+    spec = str(name_or_path)
+    m = _ORGANISM_SPEC.match(spec)
+    if m:
+        from .organism import organism
+
+        full, oracle = organism(m.group("preset") or "default", int(m.group("seed") or 0),
+                                concept=m.group("concept"))
+        chosen = full if m.group("kind") == "organism" else oracle
+        return chosen if device in (None, "auto", "cpu") else _to(chosen, device, dtype)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    path = Path(spec).expanduser()
+    local = path.is_dir()
+    if not local and (spec.startswith((".", "/", "~")) or path.exists()):
+        raise UserInputError(f"model path {spec!r} is not a directory; give a directory saved "
+                             "with save_pretrained, a hub name, or organism:<preset>")
+    dev = pick_device(device)
+    torch_dtype = pick_dtype(dtype, dev)
+    source = str(path) if local else spec
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        where = "directory" if local else "name (not a local directory, and the hub is unreachable or has no such model)"
+        raise UserInputError(f"could not load model {spec!r} from this {where}: {first}. "
+                             "Only safetensors weights are loaded; pass --trust-remote-code for "
+                             "models that need their own code") from None
+    model.to(dev).eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    meta = {}
+    if local and (path / INFO_FILE).is_file():
+        meta = json.loads((path / INFO_FILE).read_text())
+    return Subject(model, tokenizer, meta.get("name", spec),
+                   meta.get("prompt_template", DEFAULT_PROMPT_TEMPLATE),
+                   bool(meta.get("answer_eos", False)), meta.get("info", {}),
+                   str(path.resolve()) if local else None)
+
+
+def _to(subject: Subject, device, dtype) -> Subject:
+    dev = pick_device(device)
+    subject.model.to(device=dev, dtype=pick_dtype(dtype, dev))
+    return subject

@@ -1,0 +1,154 @@
+"""The one training loop: pre-training the organism, every fine-tuning method and relearning.
+
+It owns the optimiser (AdamW), the learning-rate schedule, gradient clipping, the NaN check,
+seeding and progress; the caller supplies only ``loss_fn(batch) -> scalar`` and an iterator of
+batches (dicts of tensors already on the model's device).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from .. import progress
+from ..errors import TrainingDiverged, UserInputError
+
+Batch = dict
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings shared by all fine-tuning.
+
+    Attributes:
+        steps: optimiser steps (the loop may stop earlier when ``on_step`` returns True).
+        lr: peak learning rate.
+        weight_decay: AdamW decoupled weight decay.
+        betas: AdamW betas.
+        warmup_steps: linear warm-up from 0 to ``lr``.
+        schedule: after warm-up, ``constant``, ``linear`` decay to 0, or ``cosine`` to 0.
+        max_grad_norm: clip the global gradient norm (None: no clipping).
+        seed: seeds torch and the batch order.
+    """
+
+    steps: int = 100
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+
+
+@dataclass
+class TrainLog:
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Multiplier of ``config.lr`` at optimiser step ``step`` (0-based)."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.schedule == "constant":
+        return 1.0
+    span = max(1, config.steps - config.warmup_steps)
+    done = min(1.0, (step - config.warmup_steps) / span)
+    if config.schedule == "linear":
+        return 1.0 - done
+    return 0.5 * (1.0 + math.cos(math.pi * done))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(
+    model: torch.nn.Module,
+    loss_fn: Callable[[Batch], torch.Tensor],
+    batches: Iterable[Batch],
+    config: TrainConfig,
+    *,
+    parameters: Iterable[torch.nn.Parameter] | None = None,
+    on_step: Callable[[int, float], bool | None] | None = None,
+    description: str = "training",
+) -> TrainLog:
+    """Run ``config.steps`` optimiser steps of ``loss_fn`` over ``batches``.
+
+    Args:
+        parameters: what to optimise (default: every parameter that requires grad).
+        on_step: called after each step with (steps done, loss); returning True stops early.
+    Raises:
+        TrainingDiverged: the loss or gradient norm became NaN/inf; ``.log`` keeps the losses.
+    """
+    if not (math.isfinite(config.lr) and config.lr > 0):
+        raise UserInputError(f"learning rate must be a positive number, not {config.lr}")
+    if config.steps < 0:
+        raise UserInputError(f"steps must be >= 0, not {config.steps}")
+    params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas,
+                                  weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
+    log = TrainLog()
+    was_training = model.training
+    model.train()
+    iterator: Iterator[Batch] = iter(batches)
+    try:
+        with progress.bar(description, config.steps) as bar:
+            for step in range(config.steps):
+                batch = next(iterator)
+                loss = loss_fn(batch)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise TrainingDiverged(
+                        f"{description}: loss became {value} at step {step + 1} (lr={config.lr:g}); "
+                        "lower the learning rate or keep gradient clipping on", log.losses)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.max_grad_norm is not None:
+                    norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                    if not torch.isfinite(norm):
+                        raise TrainingDiverged(
+                            f"{description}: gradient norm became {float(norm)} at step {step + 1} "
+                            f"(lr={config.lr:g}); lower the learning rate", log.losses)
+                optimizer.step()
+                scheduler.step()
+                log.losses.append(value)
+                log.steps = step + 1
+                bar.advance(info=f"loss {value:.3f}")
+                if on_step is not None and on_step(step + 1, value):
+                    break
+    finally:
+        model.train(was_training)
+    return log
+
+
+def cycle(batch_fn: Callable[[torch.Generator], Iterable[Batch]], seed: int) -> Iterator[Batch]:
+    """Endless epochs: ``batch_fn(generator)`` yields one epoch's batches in a seeded order."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        yield from batch_fn(generator)
+
+
+def shuffled_minibatches(data: dict[str, torch.Tensor], batch_size: int, seed: int,
+                         device: torch.device | str = "cpu") -> Iterator[Batch]:
+    """Endless seeded minibatches of a pre-encoded set (each epoch a new permutation),
+    trimmed to their longest row and moved to ``device``."""
+    from ..data.encode import take
+
+    n = data["input_ids"].shape[0]
+    size = min(batch_size, n)
+
+    def epoch(gen: torch.Generator):
+        order = torch.randperm(n, generator=gen)
+        for i in range(0, n - size + 1, size):
+            yield {k: v.to(device) for k, v in take(data, order[i:i + size]).items()}
+
+    return cycle(epoch, seed)

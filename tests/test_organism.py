@@ -1,0 +1,46 @@
+import time
+
+import pytest
+
+from unlearn_audit.errors import UserInputError
+from unlearn_audit.subject import organism as organism_module
+from unlearn_audit.subject.organism import cache_root, organism, organism_key
+
+
+def test_cache_hit_skips_training(micro, cache_dir, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("trained again despite a warm cache")
+
+    monkeypatch.setattr(organism_module, "_train", boom)
+    start = time.perf_counter()
+    full, oracle = organism("micro", 0, cache_dir=cache_dir)
+    assert time.perf_counter() - start < 10
+    assert full.info["organism"]["accuracy"] == micro[0].info["organism"]["accuracy"]
+    assert oracle.info["organism"]["removed_concept"] == micro[0].info["organism"]["concepts"][0]
+
+
+def test_organism_metadata(micro):
+    full, oracle = micro
+    f, o = full.info["organism"], oracle.info["organism"]
+    assert f["kind"] == "full" and o["kind"] == "oracle"
+    assert f["reached_target"] and o["reached_target"]
+    assert min(f["accuracy"].values()) >= 0.95
+    removed = o["removed_concept"]
+    assert o["accuracy"][removed] <= 0.15
+    assert full.answer_eos and full.tokenizer is not None
+    assert f["params"] == sum(p.numel() for p in full.model.parameters())
+
+
+def test_key_depends_on_preset_and_seed():
+    assert organism_key("micro", 0) != organism_key("micro", 1)
+    assert organism_key("micro", 0) != organism_key("default", 0)
+    assert organism_key("micro", 0) == organism_key("micro", 0)
+
+
+def test_bad_preset_and_unwritable_cache(tmp_path):
+    with pytest.raises(UserInputError, match="unknown organism preset"):
+        organism("huge", cache_dir=tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(UserInputError, match="not writable"):
+        cache_root(blocker / "cache")
