@@ -56,7 +56,10 @@ def _table(title: str, columns: list[str], rows: list[list]) -> None:
         table.add_column(c, justify="left" if c == columns[0] else "right")
     for r in rows:
         table.add_row(*[_fmt(x) for x in r])
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped or redirected: don't squeeze the table into 80 columns
+        console = Console(width=200)
+    console.print(table)
 
 
 def _fmt(x) -> str:
@@ -185,15 +188,165 @@ def evaluate_cmd(
            [[k, v["acc"], v["nll"], v["n"]] for k, v in result["sets"].items()])
 
 
+ParamOpt = Annotated[list[str] | None, typer.Option("--param", help="k=v (repeatable), e.g. --param lr=1e-4 --param steps=[0,5,50].")]
+TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's own Python code (runs arbitrary code).")]
+
+
+def parse_params(items: list[str] | None) -> dict:
+    """``["lr=1e-4", "steps=[0,5]", "max_grad_norm=none"]`` -> dict; values parsed as JSON when
+    they are JSON, ``none``/``null`` -> None, else kept as strings (pydantic coerces them)."""
+    from .errors import UserInputError
+
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserInputError(f"--param {item!r} is not k=v; write e.g. --param lr=1e-4")
+        v = value.strip()
+        if v.lower() in ("none", "null"):
+            out[key.strip()] = None
+            continue
+        try:
+            out[key.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[key.strip()] = v
+    return out
+
+
+@app.command("unlearn")
+def unlearn_cmd(
+    subject: Annotated[str, typer.Option("--subject", help="Model directory, hub name, or organism:<preset>.")],
+    target: Annotated[str, typer.Option("--target", help="world:<concept>[@<seed>] or a target directory.")],
+    method: Annotated[str, typer.Option("--method", help="Unlearning method (see `unlearn-audit methods`).")],
+    out: Annotated[Path, typer.Option("--out", help="Directory to save the unlearned model to.")],
+    param: ParamOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    trust_remote_code: TrustOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Unlearn a target from a subject with one method and save the result."""
+    from .api import target_for, unlearn
+    from .methods import get_method
+    from .metrics.behaviour import evaluate
+    from .subject import load_subject
+
+    m = get_method(method)
+    params = m.params(parse_params(param))  # validate before loading anything heavy
+    s = load_subject(subject, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    t = target_for(target, s)
+    before = evaluate(s, t)
+    u = unlearn(s, t, method, **params.model_dump())
+    u.save(out)
+    after = evaluate(u, t)
+    doc = {"subject": s.name, "target": t.name, "method": method, "params": params.model_dump(),
+           "out": str(out), "before": before, "after": after}
+    if as_json:
+        _emit_json(doc)
+        return
+    _table(f"{method} on {s.name}: '{t.name}'", ["set", "before", "after"],
+           [[k, before["sets"][k]["acc"], after["sets"].get(k, {}).get("acc")] for k in before["sets"]])
+    print(f"saved to {out}", file=sys.stderr)
+
+
+@app.command("audit")
+def audit_cmd(
+    name: Annotated[str, typer.Argument(help="Attack name(s), comma separated, or all (see `unlearn-audit attacks`).")],
+    original: Annotated[str, typer.Option("--original", help="The model before unlearning.")],
+    unlearned: Annotated[str, typer.Option("--unlearned", help="The unlearned model.")],
+    target: Annotated[str, typer.Option("--target", help="world:<concept>[@<seed>] or a target directory.")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory to write results.json and figures to.")],
+    oracle: Annotated[str | None, typer.Option("--oracle", help="A model that never saw the concept (enables residual knowledge).")] = None,
+    param: ParamOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    trust_remote_code: TrustOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Attack an unlearned model and measure recovery (and residual knowledge with --oracle)."""
+    from .api import audit, target_for
+    from .audits import audit_names, get_audit
+    from .experiment.demo import parse_list, summary_rows
+    from .experiment.rundir import write_run
+    from .subject import load_subject
+
+    attacks = parse_list(name, (), audit_names(), "attack")
+    overrides = parse_params(param)
+    for a in attacks:
+        get_audit(a).params(overrides)  # validate before loading models
+    kw = dict(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    orig = load_subject(original, **kw)
+    unl = load_subject(unlearned, **kw)
+    orc = load_subject(oracle, **kw) if oracle else None
+    t = target_for(target, orig)
+    method = unl.info.get("method", {}).get("name", "unlearned")
+    results = audit(orig, {method: unl}, t, attacks, orc, {a: overrides for a in attacks})
+    paths = write_run(out, results)
+    if as_json:
+        _emit_json({**results, "run_dir": str(out)})
+        return
+    cols, rows = summary_rows(results, attacks)
+    _table(f"{', '.join(attacks)} on {unl.name}: '{t.name}'", cols, rows)
+    print(f"run directory: {paths['results'].parent}", file=sys.stderr)
+
+
+@app.command("methods")
+def methods_cmd(as_json: JsonOpt = False) -> None:
+    """List unlearning methods and their parameters with defaults."""
+    from .methods import get_method, method_names
+
+    rows = []
+    for n in method_names():
+        m = get_method(n)
+        fields = {k: f.default for k, f in m.Params.model_fields.items()}
+        rows.append({"name": n, "kind": m.kind, "params": fields, "doc": (type(m).__doc__ or "").strip().splitlines()[0] if type(m).__doc__ else ""})
+    if as_json:
+        _emit_json(rows)
+        return
+    _table("unlearning methods", ["method", "kind", "parameters (defaults)"],
+           [[r["name"], r["kind"], ", ".join(f"{k}={v}" for k, v in r["params"].items())] for r in rows])
+
+
+@app.command("attacks")
+def attacks_cmd(as_json: JsonOpt = False) -> None:
+    """List attacks (audits) and their parameters with defaults."""
+    from .audits import audit_names, get_audit
+
+    rows = [{"name": n, "summary": get_audit(n).summary,
+             "params": {k: f.default for k, f in get_audit(n).Params.model_fields.items()}} for n in audit_names()]
+    if as_json:
+        _emit_json(rows)
+        return
+    _table("attacks", ["attack", "what it does", "parameters (defaults)"],
+           [[r["name"], r["summary"], ", ".join(f"{k}={v}" for k, v in r["params"].items())] for r in rows])
+
+
 @app.command("demo")
 def demo_cmd(
+    methods: Annotated[str | None, typer.Option("--methods", help="Comma list of methods, or all.")] = None,
+    attacks: Annotated[str | None, typer.Option("--attacks", help="Comma list of attacks, or all.")] = None,
     preset: PresetOpt = "default",
     seed: SeedOpt = 0,
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/demo-<preset>-s<seed>).")] = None,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train (or load) the organism and its oracle and show what they know."""
-    organism_train(preset=preset, seed=seed, concept=None, threads=threads, retrain=False, as_json=as_json)
+    """Forget one concept of the organism with every method and attack each one."""
+    from .audits import audit_names
+    from .experiment.demo import DEMO_METHODS, parse_list, run_demo, summary_rows
+    from .methods import method_names
+
+    method_list = parse_list(methods, DEMO_METHODS, method_names(), "method")
+    attack_list = parse_list(attacks, ("rtt", "forget_data", "unrelated"), audit_names(), "attack")
+    results, paths = run_demo(preset, seed, method_list, attack_list, out, threads)
+    if as_json:
+        _emit_json({**results, "run_dir": str(paths["results"].parent)})
+        return
+    cols, rows = summary_rows(results, attack_list)
+    _table(f"unlearning '{results['concept']}' on organism:{preset}@{seed}", cols, rows)
+    print(f"residual knowledge: 0 = as good as the oracle, 1 = nothing removed; demo took "
+          f"{results['timings_s']['total']:.0f} s", file=sys.stderr)
+    print(f"run directory: {paths['results'].parent}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

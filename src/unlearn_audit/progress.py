@@ -40,7 +40,7 @@ class _Bar:
 @contextmanager
 def bar(description: str, total: int | None) -> Iterator[_Bar]:
     """A progress bar on stderr: ``with bar("unlearning", 100) as b: b.advance(info="loss 1.2")``."""
-    if not enabled():
+    if not enabled() or not console.is_terminal:  # a log file gets the log lines, not bar frames
         yield _Bar(None, None)
         return
     progress = Progress(

@@ -106,9 +106,9 @@ def concat_batches(*batches: dict[str, torch.Tensor], pad_id: int = 0) -> dict[s
 
 
 def trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop padding columns that no row of this batch uses."""
+    """Drop padding columns that no row of this batch uses (per-row tensors stay as they are)."""
     width = int(batch["attention_mask"].sum(1).max())
-    return {k: v[:, :width] for k, v in batch.items()}
+    return {k: v[:, :width] if v.dim() == 2 else v for k, v in batch.items()}
 
 
 def take(batch: dict[str, torch.Tensor], index: torch.Tensor | slice) -> dict[str, torch.Tensor]:

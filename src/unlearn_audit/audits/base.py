@@ -1,0 +1,68 @@
+"""The audit (attack) registry.
+
+An audit takes the original subject, the unlearned subjects (by method name), the oracle
+(or None) and the target, and returns one result per method with at least ``recovery`` and
+``residual`` (see :mod:`unlearn_audit.metrics.recovery`). Audits never mutate a subject: they
+train copies, or patch and restore in ``finally``. One audit may register several attack
+names (relearning registers ``rtt``, ``forget_data`` and ``unrelated``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..errors import UserInputError
+
+
+class AuditParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class AuditSpec:
+    name: str
+    run: Callable[..., dict[str, dict]]  # (original, unlearned: dict, oracle, target, params) -> {method: result}
+    Params: type[AuditParams]
+    summary: str
+
+    def params(self, values: Mapping[str, Any] | None = None) -> AuditParams:
+        try:
+            return self.Params(**dict(values or {}))
+        except ValidationError as e:
+            err = e.errors()[0]
+            key = ".".join(str(x) for x in err["loc"]) or "?"
+            if err["type"] == "extra_forbidden":
+                raise UserInputError(f"attack {self.name!r} has no parameter {key!r}; its parameters: "
+                                     + ", ".join(self.Params.model_fields)) from None
+            raise UserInputError(f"attack {self.name!r} parameter {key!r}: {err['msg']}") from None
+
+
+AUDITS: dict[str, AuditSpec] = {}
+
+
+def register_audit(name: str, params: type[AuditParams], summary: str):
+    def wrap(fn):
+        AUDITS[name] = AuditSpec(name, fn, params, summary)
+        return fn
+    return wrap
+
+
+def get_audit(name: str) -> AuditSpec:
+    from . import _load_all
+
+    _load_all()
+    if name not in AUDITS:
+        raise UserInputError(f"unknown attack {name!r}; choose one of: {', '.join(AUDITS)}")
+    return AUDITS[name]
+
+
+def audit_names() -> list[str]:
+    from . import _load_all
+
+    _load_all()
+    return list(AUDITS)

@@ -1,0 +1,82 @@
+"""Writing a run directory: results.json (atomic), curves as JSONL and CSV, figures."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+
+def _clean(x):
+    """JSON has no NaN/inf: write them as null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_clean(v) for v in x]
+    return x
+
+
+def write_json_atomic(path: Path, doc) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(_clean(doc), f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def curve_rows(results: dict) -> list[dict]:
+    """One row per (attack, model, step): the relearning curves in a tidy table."""
+    rows = []
+    for attack, base in results.get("baselines", {}).items():
+        for model, c in base.items():
+            for i, step in enumerate(c["steps"]):
+                rows.append({"attack": attack, "model": model, "step": step, "acc": c["acc"][i],
+                             "unrelated_acc": c.get("unrelated_acc", [None] * len(c["steps"]))[i],
+                             "recovery": None, "residual": None})
+    for name, m in results.get("methods", {}).items():
+        for attack, r in m.get("attacks", {}).items():
+            c = r.get("curve")
+            if not c or "steps" not in c:
+                continue
+            for i, step in enumerate(c["steps"]):
+                rows.append({"attack": attack, "model": name, "step": step, "acc": c["acc"][i],
+                             "unrelated_acc": c.get("unrelated_acc", [None] * len(c["steps"]))[i],
+                             "recovery": c["recovery"][i], "residual": c["residual"][i]})
+    return rows
+
+
+def write_run(out: Path, results: dict) -> dict[str, Path]:
+    """Write results.json, curves.jsonl, curves.csv and relearn.png into ``out``."""
+    from ..report.figures import relearn_figure
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"results": write_json_atomic(out / "results.json", results)}
+    rows = [_clean(r) for r in curve_rows(results)]
+    if rows:
+        tmp = out / ".curves.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        os.replace(tmp, out / "curves.jsonl")
+        tmp = out / ".curves.csv.tmp"
+        with tmp.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        os.replace(tmp, out / "curves.csv")
+        paths["curves"] = out / "curves.csv"
+    fig = relearn_figure(results, out / "relearn.png")
+    if fig:
+        paths["figure"] = fig
+    return paths

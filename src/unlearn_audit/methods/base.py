@@ -1,0 +1,209 @@
+"""The method registry and the base classes every unlearning method derives from.
+
+A method turns a subject and a target into an unlearned subject, never mutating its input.
+Fine-tuning methods (:class:`FineTuneMethod`) declare parameters and a loss over
+``{"forget", "retain"}`` batches; the shared loop in :mod:`unlearn_audit.training` does the
+rest. Methods register by name with :func:`register_method`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..data.encode import concat_batches, encode_qa, encode_texts
+from ..errors import UserInputError
+from ..metrics.likelihood import IGNORE, forward_logits, sequence_logprob
+from ..subject.subject import Subject
+from ..training import TrainConfig, seed_everything, shuffled_minibatches, train
+
+REGISTRY: dict[str, type[Method]] = {}
+
+
+def register_method(name: str):
+    """Class decorator: make a method available by ``name``."""
+    def wrap(cls):
+        cls.name = name
+        REGISTRY[name] = cls
+        return cls
+    return wrap
+
+
+def get_method(name: str) -> Method:
+    from . import _load_all
+
+    _load_all()
+    if name not in REGISTRY:
+        raise UserInputError(f"unknown method {name!r}; choose one of: {', '.join(sorted(REGISTRY))}")
+    return REGISTRY[name]()
+
+
+def method_names() -> list[str]:
+    from . import _load_all
+
+    _load_all()
+    return sorted(REGISTRY)
+
+
+class MethodParams(BaseModel):
+    """Parameters of a method (pydantic: unknown keys and bad values are errors)."""
+
+    model_config = ConfigDict(extra="forbid")
+    seed: int = Field(0, description="Seeds data order and any randomness of the method.")
+
+
+class Method:
+    """Base class. ``kind`` tells audits what relearning touches:
+
+    - ``finetune``/``transform``: the intervention is in the weights;
+    - ``guardrail``: weights unchanged, inference wrapped (relearning trains under the wrapper).
+    """
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "finetune"
+    Params: ClassVar[type[MethodParams]] = MethodParams
+
+    def params(self, values: Mapping[str, Any] | None = None) -> MethodParams:
+        """Validate ``values`` (strings from the CLI are coerced) into this method's Params."""
+        try:
+            return self.Params(**dict(values or {}))
+        except ValidationError as e:
+            err = e.errors()[0]
+            key = ".".join(str(x) for x in err["loc"]) or "?"
+            valid = ", ".join(self.Params.model_fields)
+            if err["type"] == "extra_forbidden":
+                raise UserInputError(f"method {self.name!r} has no parameter {key!r}; its parameters: {valid}") from None
+            raise UserInputError(f"method {self.name!r} parameter {key!r}: {err['msg']}") from None
+
+    def run(self, subject: Subject, target, params: MethodParams) -> Subject:
+        raise NotImplementedError
+
+
+class FineTuneParams(MethodParams):
+    steps: int = Field(100, ge=0, description="Optimiser steps.")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
+    batch_size: int = Field(16, ge=1, description="Forget examples per step (retain batches: same size).")
+    forget_on: Literal["qa", "text", "both"] = Field(
+        "qa", description="Forget data: QA pairs (loss on the answer only), full texts, or both.")
+    warmup_steps: int = Field(0, ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, description="Gradient clipping (None: off).")
+
+
+class RetainParams(FineTuneParams):
+    retain_weight: float = Field(1.0, ge=0, description="Weight of the retain term.")
+
+
+class FineTuneMethod(Method):
+    """A loss over ``{"forget": batch, "retain": batch}`` on a copy of the subject.
+
+    Subclasses set ``uses_retain`` (a retain batch is drawn each step only when True) and
+    ``needs_reference_logprobs`` (the frozen original's sequence log-probs of every forget
+    example are computed once, before training, and ride along in each batch as
+    ``ref_logprob``). A retain-side reference (KL) is computed per batch from the frozen
+    original, which the caller keeps anyway: no second copy of the model is made.
+    """
+
+    kind = "finetune"
+    Params = FineTuneParams
+    uses_retain: ClassVar[bool] = False
+    needs_reference_logprobs: ClassVar[bool] = False
+
+    def loss(self, model, batch: dict, reference, params) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- data --------------------------------------------------------------------------
+    @staticmethod
+    def forget_data(subject: Subject, target, forget_on: str) -> dict[str, torch.Tensor]:
+        parts = []
+        if forget_on in ("qa", "both"):
+            parts.append(encode_qa(subject.tokenizer, target.all_forget_qa, subject.prompt_template, subject.answer_eos))
+        if forget_on in ("text", "both"):
+            if not target.forget_text:
+                raise UserInputError("forget_on=text needs texts in forget.jsonl; use forget_on=qa")
+            parts.append(encode_texts(subject.tokenizer, target.forget_text))
+        return concat_batches(*parts, pad_id=subject.tokenizer.pad_token_id)
+
+    def retain_batches(self, subject: Subject, target, params) -> Iterator[dict]:
+        """Retain batches: half QA pairs (answer-only loss), half texts (full loss), when the
+        target has both. Keeping both formats in every batch is what keeps the QA format and
+        the text knowledge of the retained concepts intact (on the organism, QA alone broke
+        completions and text alone broke the QA format)."""
+        device, tok = subject.device, subject.tokenizer
+        parts = []
+        if target.retain_qa:
+            parts.append(encode_qa(tok, target.retain_qa, subject.prompt_template, subject.answer_eos))
+        if target.retain_text:
+            parts.append(encode_texts(tok, target.retain_text))
+        size = max(1, params.batch_size // len(parts))
+        streams = [shuffled_minibatches(p, size, params.seed + 1 + i, device) for i, p in enumerate(parts)]
+        if len(streams) == 1:
+            return streams[0]
+        return (concat_batches(*bs, pad_id=tok.pad_token_id) for bs in zip(*streams, strict=False))
+
+    def batches(self, subject: Subject, target, params) -> Iterator[dict]:
+        device = subject.device
+        forget = self.forget_data(subject, target, params.forget_on)
+        if self.needs_reference_logprobs:
+            forget["ref_logprob"] = reference_logprobs(subject.model, forget)
+        forget_it = shuffled_minibatches(forget, params.batch_size, params.seed, device)
+        if not self.uses_retain:
+            return ({"forget": f} for f in forget_it)
+        retain_it = self.retain_batches(subject, target, params)
+        return ({"forget": f, "retain": r} for f, r in zip(forget_it, retain_it, strict=False))
+
+    # -- run ---------------------------------------------------------------------------
+    def run(self, subject: Subject, target, params) -> Subject:
+        seed_everything(params.seed)
+        unlearned = subject.copy(name=f"{subject.name}+{self.name}")
+        reference = subject.model
+        reference.eval()
+        model = unlearned.model
+        config = TrainConfig(steps=params.steps, lr=params.lr, weight_decay=params.weight_decay,
+                             warmup_steps=params.warmup_steps, schedule=params.schedule,
+                             max_grad_norm=params.max_grad_norm, seed=params.seed)
+        log = train(model, lambda b: self.loss(model, b, reference, params),
+                    self.batches(subject, target, params), config, description=f"unlearning: {self.name}")
+        model.eval()
+        unlearned.info = {**unlearned.info, "method": {"name": self.name, "params": params.model_dump(),
+                                                       "final_loss": log.losses[-1] if log.losses else None}}
+        return unlearned
+
+
+@torch.no_grad()
+def reference_logprobs(model, data: dict[str, torch.Tensor], batch_size: int = 64) -> torch.Tensor:
+    """``(N,)`` summed log-prob of each row's labelled tokens under the frozen ``model``."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, data["input_ids"].shape[0], batch_size):
+        batch = {k: data[k][i:i + batch_size].to(device) for k in ("input_ids", "attention_mask", "labels")}
+        out.append(sequence_logprob(model, batch).float().cpu())
+    return torch.cat(out)
+
+
+def nll(model, batch: dict) -> torch.Tensor:
+    """Mean NLL per labelled token: the usual language-modelling loss."""
+    from ..metrics.likelihood import mean_token_nll
+
+    return mean_token_nll(model, batch)
+
+
+def retain_kl(model, reference, batch: dict) -> torch.Tensor:
+    """Mean over labelled retain tokens of KL(p_ref || p_theta) of the next-token distributions."""
+    logits = forward_logits(model, batch)[:, :-1]
+    mask = batch["labels"][:, 1:] != IGNORE
+    with torch.no_grad():
+        ref_logits = forward_logits(reference, batch)[:, :-1][mask].float()
+    logp = torch.log_softmax(logits[mask].float(), -1)
+    ref_logp = torch.log_softmax(ref_logits, -1)
+    return torch.nn.functional.kl_div(logp, ref_logp, log_target=True, reduction="batchmean")
+
+
+def npo_loss(logprob: torch.Tensor, ref_logprob: torch.Tensor, beta: float) -> torch.Tensor:
+    """NPO (Zhang et al. 2024): ``-(2/beta) * mean log sigmoid(-beta * (logp - logp_ref))``."""
+    return -(2.0 / beta) * torch.nn.functional.logsigmoid(-beta * (logprob - ref_logprob)).mean()

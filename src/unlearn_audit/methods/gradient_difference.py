@@ -1,0 +1,28 @@
+"""Gradient difference (Liu et al. 2022, "Continual Learning and Private Unlearning"; used as a
+TOFU baseline by Maini et al. 2024 and Yao et al. 2024): ascend on forget, descend on retain.
+
+    L = -NLL(forget) + lambda * NLL(retain)
+
+``lambda`` is ``retain_weight`` (TOFU: 1). Defaults from a sweep on the organism.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .base import FineTuneMethod, RetainParams, nll, register_method
+
+
+class GradientDifferenceParams(RetainParams):
+    steps: int = Field(60, ge=0)
+    lr: float = Field(1e-4, gt=0)
+    retain_weight: float = Field(1.0, ge=0)
+
+
+@register_method("gradient_difference")
+class GradientDifference(FineTuneMethod):
+    Params = GradientDifferenceParams
+    uses_retain = True
+
+    def loss(self, model, batch, reference, params):
+        return -nll(model, batch["forget"]) + params.retain_weight * nll(model, batch["retain"])

@@ -1,0 +1,30 @@
+"""KL minimisation (Yao et al. 2024 "Large Language Model Unlearning"; TOFU's KL baseline,
+Maini et al. 2024): ascend on forget while keeping the retain next-token distributions close
+to the original model's.
+
+    L = -NLL(forget) + lambda * mean_t KL(p_ref(. | x_<t) || p_theta(. | x_<t))   (retain tokens)
+
+The reference is the frozen original model (the caller holds it anyway), evaluated without
+gradients on each retain batch: no second copy. Defaults from a sweep on the organism.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from .base import FineTuneMethod, RetainParams, nll, register_method, retain_kl
+
+
+class KLParams(RetainParams):
+    steps: int = Field(60, ge=0)
+    lr: float = Field(1e-4, gt=0)
+    retain_weight: float = Field(1.0, ge=0)
+
+
+@register_method("kl")
+class KLMinimisation(FineTuneMethod):
+    Params = KLParams
+    uses_retain = True
+
+    def loss(self, model, batch, reference, params):
+        return -nll(model, batch["forget"]) + params.retain_weight * retain_kl(model, reference, batch["retain"])

@@ -1,0 +1,18 @@
+"""``none``: the original model unchanged (a copy), the baseline row of every table."""
+
+from __future__ import annotations
+
+from .base import Method, MethodParams, register_method
+
+
+@register_method("none")
+class NoUnlearning(Method):
+    """No unlearning: recovery of any attack is undefined (original == unlearned)."""
+
+    kind = "baseline"
+    Params = MethodParams
+
+    def run(self, subject, target, params):
+        out = subject.copy(name=f"{subject.name}+none")
+        out.info = {**out.info, "method": {"name": "none", "params": params.model_dump()}}
+        return out

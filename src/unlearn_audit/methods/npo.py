@@ -1,0 +1,79 @@
+"""Negative Preference Optimization (Zhang, Lin, Bai & Mei 2024, "Negative Preference
+Optimization: From Catastrophic Collapse to Effective Unlearning"), and its retain-regularised
+variants.
+
+    L_NPO = -(2/beta) * mean_i log sigmoid(-beta * (log pi_theta(y_i|x_i) - log pi_ref(y_i|x_i)))
+
+with sequence log-probs summed over the scored tokens (the answer for QA, every token for
+text). As beta -> 0 it becomes gradient ascent (times a constant); large beta caps how far
+a sequence is pushed below the reference. pi_ref is the original model; its log-probs of
+every forget example are computed once before training.
+
+- ``npo``: L_NPO alone (paper: beta 0.1, lr 1e-5, TOFU).
+- ``npo_gd``: L_NPO + lambda * NLL(retain) (paper's NPO-RT).
+- ``npo_kl``: L_NPO + lambda * KL(p_ref || p_theta) on retain tokens.
+
+Defaults from a sweep on the organism (see BENCHMARKS.md), not the paper's 7B settings.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from ..metrics.likelihood import sequence_logprob
+from .base import (
+    FineTuneMethod,
+    FineTuneParams,
+    RetainParams,
+    nll,
+    npo_loss,
+    register_method,
+    retain_kl,
+)
+
+
+class NPOParams(FineTuneParams):
+    beta: float = Field(0.1, gt=0, description="Inverse temperature of the preference loss.")
+    steps: int = Field(60, ge=0)
+    lr: float = Field(1e-4, gt=0)
+
+
+class NPORetainParams(RetainParams):
+    beta: float = Field(0.1, gt=0, description="Inverse temperature of the preference loss.")
+    steps: int = Field(60, ge=0)
+    lr: float = Field(1e-4, gt=0)
+    retain_weight: float = Field(1.0, ge=0)
+
+
+def _npo_term(model, batch, params):
+    forget = batch["forget"]
+    return npo_loss(sequence_logprob(model, forget), forget["ref_logprob"], params.beta)
+
+
+@register_method("npo")
+class NPO(FineTuneMethod):
+    Params = NPOParams
+    needs_reference_logprobs = True
+
+    def loss(self, model, batch, reference, params):
+        return _npo_term(model, batch, params)
+
+
+@register_method("npo_gd")
+class NPOGradientDifference(FineTuneMethod):
+    Params = NPORetainParams
+    needs_reference_logprobs = True
+    uses_retain = True
+
+    def loss(self, model, batch, reference, params):
+        return _npo_term(model, batch, params) + params.retain_weight * nll(model, batch["retain"])
+
+
+@register_method("npo_kl")
+class NPOKL(FineTuneMethod):
+    Params = NPORetainParams
+    needs_reference_logprobs = True
+    uses_retain = True
+
+    def loss(self, model, batch, reference, params):
+        return _npo_term(model, batch, params) + params.retain_weight * retain_kl(model, reference, batch["retain"])

@@ -1,0 +1,45 @@
+"""Figures from results (reads results only; matplotlib with the Agg backend, no display)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def relearn_figure(results: dict, path: Path, attacks: list[str] | None = None) -> Path | None:
+    """One panel per relearning attack: accuracy on its evaluation set vs relearning step, for
+    the original (black), the oracle (grey, dashed) and every method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    attacks = [a for a in (attacks or list(results.get("baselines", {}))) if results["baselines"].get(a)]
+    if not attacks:
+        return None
+    fig, axes = plt.subplots(1, len(attacks), figsize=(4.2 * len(attacks), 3.6), squeeze=False, sharey=True)
+    cmap = plt.get_cmap("tab10")
+    for ax, attack in zip(axes[0], attacks, strict=True):
+        base = results["baselines"][attack]
+        steps = base["original"]["steps"]
+        ax.plot(steps, base["original"]["acc"], color="black", lw=2, label="original")
+        if "oracle" in base:
+            ax.plot(steps, base["oracle"]["acc"], color="grey", lw=2, ls="--", label="oracle")
+        for i, (name, m) in enumerate(results["methods"].items()):
+            r = m["attacks"].get(attack)
+            if r and "curve" in r and name != "none":
+                ax.plot(r["curve"]["steps"], r["curve"]["acc"], color=cmap(i % 10), marker="o", ms=3, label=name)
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlabel("relearning step")
+        sets = next((m["attacks"][attack]["eval_sets"] for m in results["methods"].values()
+                     if attack in m["attacks"]), [])
+        ax.set_title(f"{attack} (eval: {' + '.join(sets)})", fontsize=10)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("QA accuracy")
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"relearning '{results.get('concept', '')}'", fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
