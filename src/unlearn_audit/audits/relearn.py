@@ -101,7 +101,6 @@ def relearn_curve(subject, train_data, suite: EvalSuite, params: RelearnParams, 
         train(model, lambda b: mean_token_nll(model, b), batches,
               TrainConfig(steps=checkpoints[-1], lr=params.lr, seed=seed), on_step=on_step,
               description=f"relearning {label}")
-    del model
     return {"steps": checkpoints, "correct": {k: np.stack(v) for k, v in correct.items()}}
 
 
