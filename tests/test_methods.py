@@ -115,3 +115,12 @@ def test_forget_on_text_and_both(micro, micro_target, nll_of):
     for mode in ("text", "both"):
         u = unlearn(micro[0], micro_target, "gradient_ascent", steps=15, forget_on=mode)
         assert nll_of(u)["forget"] > before
+
+
+def test_same_seed_same_unlearned_weights(micro, micro_target):
+    a = unlearn(micro[0], micro_target, "npo_gd", steps=5)
+    b = unlearn(micro[0], micro_target, "npo_gd", steps=5)
+    c = unlearn(micro[0], micro_target, "npo_gd", steps=5, seed=1)
+    pa, pb, pc = (torch.cat([p.flatten() for p in s.model.parameters()]) for s in (a, b, c))
+    assert torch.equal(pa, pb)
+    assert not torch.equal(pa, pc)

@@ -22,6 +22,9 @@ _EXPORTS = {
     "Target": "unlearn_audit.data.target",
     "build_world": "unlearn_audit.world",
     "evaluate": "unlearn_audit.metrics.behaviour",
+    "unlearn": "unlearn_audit.api",
+    "audit": "unlearn_audit.api",
+    "target_for": "unlearn_audit.api",
     "UnlearnAuditError": "unlearn_audit.errors",
     "UserInputError": "unlearn_audit.errors",
 }

@@ -328,6 +328,7 @@ def demo_cmd(
     preset: PresetOpt = "default",
     seed: SeedOpt = 0,
     out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/demo-<preset>-s<seed>).")] = None,
+    seeds: Annotated[int, typer.Option("--seeds", help="Relearning runs per model (curves averaged; tighter intervals).")] = 1,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -338,7 +339,10 @@ def demo_cmd(
 
     method_list = parse_list(methods, DEMO_METHODS, method_names(), "method")
     attack_list = parse_list(attacks, ("rtt", "forget_data", "unrelated"), audit_names(), "attack")
-    results, paths = run_demo(preset, seed, method_list, attack_list, out, threads)
+    if seeds < 1:
+        from .errors import UserInputError
+        raise UserInputError(f"--seeds must be >= 1, not {seeds}")
+    results, paths = run_demo(preset, seed, method_list, attack_list, out, threads, seeds)
     if as_json:
         _emit_json({**results, "run_dir": str(paths["results"].parent)})
         return

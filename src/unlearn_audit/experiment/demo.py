@@ -33,7 +33,7 @@ def parse_list(value: str | None, default: tuple[str, ...], available: list[str]
 
 def run_demo(preset: str = "default", seed: int = 0, methods: list[str] | None = None,
              attacks: list[str] | None = None, out: str | Path | None = None,
-             threads: int | None = None) -> tuple[dict, dict[str, Path]]:
+             threads: int | None = None, seeds: int = 1) -> tuple[dict, dict[str, Path]]:
     """Train/load the organism, unlearn its first concept with each method, run the attacks.
 
     Returns the results (``results.json`` content) and the paths written.
@@ -55,8 +55,12 @@ def run_demo(preset: str = "default", seed: int = 0, methods: list[str] | None =
         timings[f"unlearn:{name}"] = time.perf_counter() - t
     progress.log(f"unlearned '{removed}' with {len(methods)} methods in "
                  f"{sum(v for k, v in timings.items() if k.startswith('unlearn')):.0f} s")
-    results = audit(full, unlearned, target, attacks=attacks, oracle=oracle,
-                    attack_params={a: {"seed": seed} for a in attacks})
+    from ..audits import get_audit
+
+    shared = {"seed": seed, "seeds": seeds}
+    attack_params = {a: {k: v for k, v in shared.items() if k in get_audit(a).Params.model_fields}
+                     for a in attacks}
+    results = audit(full, unlearned, target, attacks=attacks, oracle=oracle, attack_params=attack_params)
     results["timings_s"] = {**{k: round(v, 2) for k, v in timings.items()}, **results["timings_s"]}
     results["timings_s"]["total"] = round(time.perf_counter() - start, 2)
     results["demo"] = {"preset": preset, "seed": seed, "methods": methods, "attacks": attacks}
