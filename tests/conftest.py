@@ -71,10 +71,22 @@ def tiny_config(family: str, vocab_size: int, pad_id: int, eos_id: int):
     if family == "qwen2":
         return tf.Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                               num_attention_heads=4, num_key_value_heads=2, **common)
+    if family == "gemma":
+        return tf.GemmaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, head_dim=8,
+                              num_attention_heads=4, num_key_value_heads=2, **common)
+    if family == "olmo":
+        return tf.OlmoConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                             num_attention_heads=4, **common)
+    if family == "phi":
+        return tf.PhiConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=4, **common)
+    if family == "opt":
+        return tf.OPTConfig(hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                            word_embed_proj_dim=32, max_position_embeddings=128, **common)
     raise ValueError(family)
 
 
-FAMILIES = ["llama", "gpt2", "gpt_neox", "qwen2"]
+FAMILIES = ["llama", "gpt2", "gpt_neox", "qwen2", "gemma", "olmo", "phi", "opt"]
 
 
 @pytest.fixture(scope="session")

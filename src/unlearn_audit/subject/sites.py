@@ -1,0 +1,299 @@
+"""Activation sites: one naming scheme for where in a model an audit reads or writes.
+
+A :class:`Site` is a kind plus a layer, ``Site("mlp_coefficients", 3)``. Kinds:
+
+| kind | what (per token) | shape |
+|---|---|---|
+| ``resid_pre`` | the residual stream entering layer L | (B, T, d_model) |
+| ``resid_post`` | the residual stream leaving layer L | (B, T, d_model) |
+| ``attn_out`` | the attention block's output (before it is added to the stream) | (B, T, d_model) |
+| ``mlp_out`` | the MLP block's output (before it is added to the stream) | (B, T, d_model) |
+| ``mlp_coefficients`` | the input of the MLP down/output projection: one coefficient per neuron | (B, T, d_mlp) |
+
+plus one weight, not an activation: ``mlp_value_vectors`` (the down projection; row i of
+:func:`value_vectors` is what neuron i writes into the stream, Geva et al. 2021).
+
+Each architecture family maps the kinds to its Hugging Face modules in a small table
+(:data:`ARCHITECTURES`, keyed by ``config.model_type``); other models fall back to the
+decoder's layer list and common module names, and an unsupported model gets an error naming
+its class. Hooks live only inside ``with hooks(model, {site: fn}):``, which resolves every
+site before registering anything and always removes what it registered.
+
+    cache = {}
+    with hooks(model, {Site("mlp_coefficients", 1): lambda x: cache.setdefault("c", x.detach())}):
+        model(input_ids)
+    with hooks(model, {Site("mlp_coefficients", 1): lambda x: cache["c"]}):   # patch it back in
+        model(input_ids)
+
+A hook function gets the activation tensor and returns ``None`` (leave it) or a tensor of the
+same shape (replace it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UserInputError
+
+ACTIVATION_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_coefficients")
+WEIGHT_KINDS = ("mlp_value_vectors",)
+KINDS = ACTIVATION_KINDS + WEIGHT_KINDS
+
+
+@dataclass(frozen=True)
+class Site:
+    kind: str
+    layer: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise UserInputError(f"unknown site {self.kind!r}; choose one of: {', '.join(KINDS)}")
+
+    def __str__(self) -> str:
+        return f"{self.kind}.{self.layer}"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Where the pieces of one decoder layer are, as attribute paths.
+
+    Attributes:
+        layers: path from the model to the list of decoder layers.
+        attn: path from a layer to its attention module (output: tensor or tuple, first = output).
+        mlp: path from a layer to the module whose output is the MLP block's output.
+        down: path from a layer to the MLP down/output projection.
+        conv1d: the down projection is a GPT-2 ``Conv1D`` (weight stored as (in, out)).
+        flat_mlp: the MLP sees tokens flattened to (B*T, d) (OPT); hooks still get (B, T, d).
+    """
+
+    layers: str
+    attn: str
+    mlp: str
+    down: str
+    conv1d: bool = False
+    flat_mlp: bool = False
+
+
+_LLAMA_LIKE = Architecture("model.layers", "self_attn", "mlp", "mlp.down_proj")
+ARCHITECTURES: dict[str, Architecture] = {
+    **{t: _LLAMA_LIKE for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "olmo", "olmo2",
+                                "gemma", "gemma2", "smollm3", "granite")},
+    "phi": Architecture("model.layers", "self_attn", "mlp", "mlp.fc2"),
+    "phi3": Architecture("model.layers", "self_attn", "mlp", "mlp.down_proj"),
+    "gpt2": Architecture("transformer.h", "attn", "mlp", "mlp.c_proj", conv1d=True),
+    "gpt_neox": Architecture("gpt_neox.layers", "attention", "mlp", "mlp.dense_4h_to_h"),
+    "gpt_neo": Architecture("transformer.h", "attn", "mlp", "mlp.c_proj"),
+    "gptj": Architecture("transformer.h", "attn", "mlp", "mlp.fc_out"),
+    "opt": Architecture("model.decoder.layers", "self_attn", "fc2", "fc2", flat_mlp=True),
+    "falcon": Architecture("transformer.h", "self_attention", "mlp", "mlp.dense_4h_to_h"),
+}
+
+# fallback: names to try, in order, for each part of a layer
+_FALLBACK_ATTN = ("self_attn", "attn", "attention", "self_attention")
+_FALLBACK_MLP = ("mlp", "feed_forward", "ffn")
+_FALLBACK_DOWN = ("down_proj", "c_proj", "dense_4h_to_h", "fc2", "fc_out", "w2", "out_proj")
+
+
+def _get(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _find(obj, names: tuple[str, ...]) -> str | None:
+    for n in names:
+        if isinstance(getattr(obj, n, None), torch.nn.Module):
+            return n
+    return None
+
+
+def _fallback(model) -> Architecture | None:
+    """Find the decoder layers as the longest ModuleList of identical blocks, then the parts
+    by common names."""
+    best = None
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) > 0 and (best is None or len(mod) > len(best[1])):
+            if len({type(m) for m in mod}) == 1:
+                best = (name, mod)
+    if best is None:
+        return None
+    layer = best[1][0]
+    attn = _find(layer, _FALLBACK_ATTN)
+    mlp = _find(layer, _FALLBACK_MLP)
+    if attn is None or mlp is None:
+        return None
+    down = _find(_get(layer, mlp), _FALLBACK_DOWN)
+    if down is None:
+        return None
+    conv1d = type(_get(layer, f"{mlp}.{down}")).__name__ == "Conv1D"
+    return Architecture(best[0], attn, mlp, f"{mlp}.{down}", conv1d)
+
+
+def architecture(model) -> Architecture:
+    """The site table of ``model`` (by ``config.model_type``, else found by the fallback)."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    arch = ARCHITECTURES.get(model_type)
+    if arch is not None:
+        try:
+            _get(model, arch.layers)
+            return arch
+        except AttributeError:
+            pass  # e.g. a bare base model without the causal-LM wrapper; try the fallback
+    arch = _fallback(model)
+    if arch is None:
+        raise UserInputError(
+            f"unsupported architecture {type(model).__name__} (model_type {model_type!r}): cannot find "
+            "its decoder layers, attention, MLP and down projection; add an entry to "
+            "unlearn_audit.subject.sites.ARCHITECTURES")
+    return arch
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    return _get(model, architecture(model).layers)
+
+
+def num_layers(model) -> int:
+    return len(decoder_layers(model))
+
+
+def _layer(model, arch: Architecture, layer: int) -> torch.nn.Module:
+    layers = _get(model, arch.layers)
+    if not -len(layers) <= layer < len(layers):
+        raise UserInputError(f"layer {layer} out of range: the model has {len(layers)} layers (0..{len(layers) - 1})")
+    return layers[layer]
+
+
+def module_of(model, site: Site) -> torch.nn.Module:
+    """The module a site is read at (for ``mlp_value_vectors``: the down projection)."""
+    arch = architecture(model)
+    layer = _layer(model, arch, site.layer)
+    if site.kind in ("resid_pre", "resid_post"):
+        return layer
+    if site.kind == "attn_out":
+        return _get(layer, arch.attn)
+    if site.kind == "mlp_out":
+        return _get(layer, arch.mlp)
+    return _get(layer, arch.down)  # mlp_coefficients, mlp_value_vectors
+
+
+def value_vectors(model, layer: int) -> torch.Tensor:
+    """``(d_mlp, d_model)`` view of layer ``layer``'s down projection: row i is neuron i's value
+    vector. A view: writing into it edits the model (GPT-2's Conv1D stores (in, out) already;
+    ``nn.Linear`` stores (out, in), so it is transposed)."""
+    arch = architecture(model)
+    weight = _get(_layer(model, arch, layer), arch.down).weight
+    return weight if arch.conv1d else weight.T
+
+
+def d_mlp(model, layer: int = 0) -> int:
+    return value_vectors(model, layer).shape[0]
+
+
+HookFn = Callable[[torch.Tensor], torch.Tensor | None]
+
+
+def _replace_first(output, new):
+    if isinstance(output, tuple):
+        return (new, *output[1:])
+    return new
+
+
+def _first(x):
+    return x[0] if isinstance(x, tuple) else x
+
+
+def _register(model, site: Site, fn: HookFn) -> list:
+    """Register ``fn`` at ``site``; return the handles."""
+    module = module_of(model, site)
+    handles = []
+    arch = architecture(model)
+    if arch.flat_mlp and site.kind in ("mlp_out", "mlp_coefficients"):
+        # the layer's input tells the (B, T) that the flattened MLP activations unfold into
+        shape: list = []
+
+        def remember(mod, args, kwargs):
+            shape[:] = (args[0] if args else kwargs["hidden_states"]).shape[:2]
+
+        handles.append(_layer(model, arch, site.layer).register_forward_pre_hook(remember, with_kwargs=True))
+        inner = fn
+
+        def fn(x):  # noqa: F811  (the unfolding wrapper of the user's fn)
+            if x.dim() != 2:
+                return inner(x)
+            new = inner(x.view(*shape, x.shape[-1]))
+            return None if new is None else new.reshape(x.shape)
+    if site.kind in ("resid_pre", "mlp_coefficients"):
+        # the module's input: positional (HF passes hidden_states first) or keyword
+        def pre(mod, args, kwargs):
+            if args:
+                new = fn(args[0])
+                return None if new is None else ((new, *args[1:]), kwargs)
+            new = fn(kwargs["hidden_states"])
+            return None if new is None else (args, {**kwargs, "hidden_states": new})
+
+        return [*handles, module.register_forward_pre_hook(pre, with_kwargs=True)]
+
+    def post(mod, args, output):
+        new = fn(_first(output))
+        return None if new is None else _replace_first(output, new)
+
+    return [*handles, module.register_forward_hook(post)]
+
+
+@contextmanager
+def hooks(model, fns: Mapping[Site, HookFn]) -> Iterator[None]:
+    """Run ``model`` with ``fn(activation)`` at each site; hooks are removed on exit, always.
+
+    Every site is resolved before any hook is registered, so a bad site leaves the model
+    untouched. ``mlp_value_vectors`` is a weight, not an activation: use
+    :func:`patched_weights` for it.
+    """
+    for site in fns:
+        if site.kind not in ACTIVATION_KINDS:
+            raise UserInputError(f"{site} is a weight, not an activation; use patched_weights()")
+        module_of(model, site)
+    handles = []
+    try:
+        for site, fn in fns.items():
+            handles += _register(model, site, fn)
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def patched_weights(model, values: Mapping[int, torch.Tensor]) -> Iterator[None]:
+    """Temporarily replace the value vectors of the given layers (``{layer: (d_mlp, d_model)}``);
+    the original weights are restored on exit, always."""
+    saved = {}
+    try:
+        with torch.no_grad():
+            for layer, new in values.items():
+                view = value_vectors(model, layer)
+                saved[layer] = view.detach().clone()
+                view.copy_(new)
+        yield
+    finally:
+        with torch.no_grad():
+            for layer, old in saved.items():
+                value_vectors(model, layer).copy_(old)
+
+
+def record(model, sites, run: Callable[[], object]) -> dict[Site, torch.Tensor]:
+    """Run ``run()`` (a forward pass of ``model``) and return the activation at each site, detached."""
+    out: dict[Site, torch.Tensor] = {}
+
+    def saver(site):
+        def fn(x):
+            out[site] = x.detach()
+        return fn
+
+    with hooks(model, {s: saver(s) for s in sites}):
+        run()
+    return out
