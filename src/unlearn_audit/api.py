@@ -60,7 +60,7 @@ class Evaluator:
         from .metrics.generation import agreement, generate_answers
         from .metrics.text import perplexity
 
-        out = summarise(self.suite.run(subject.model))
+        out = summarise(self.suite.run(subject))
         out["agreement_with_original"] = {
             k: agreement(generate_answers(subject, items), self.reference_answers[k])
             for k, items in self.agreement_sets.items()}

@@ -81,11 +81,12 @@ def relearn_curve(subject, train_data, suite: EvalSuite, params: RelearnParams, 
     if checkpoints[0] < 0:
         raise UserInputError("relearning steps must be >= 0")
     seed_everything(seed)
-    model = subject.copy().model
+    attacked = subject.copy()  # keeps the subject's prompt template and inference interventions
+    model = attacked.model
     correct: dict[str, list[np.ndarray]] = {k: [] for k in suite.names}
 
     def record() -> None:
-        for k, s in suite.run(model).items():
+        for k, s in suite.run(attacked).items():
             correct[k].append(s.correct.numpy())
 
     if checkpoints[0] == 0:

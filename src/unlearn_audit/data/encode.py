@@ -105,11 +105,17 @@ def concat_batches(*batches: dict[str, torch.Tensor], pad_id: int = 0) -> dict[s
     return out
 
 
-def trim(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Drop padding columns that no row of this batch uses (per-row tensors stay as they are)."""
+def trim(batch: dict) -> dict:
+    """Drop padding columns that no row of this batch uses (per-row tensors and nested
+    encodings, e.g. a preference pair's ``chosen`` side, stay as they are)."""
     width = int(batch["attention_mask"].sum(1).max())
-    return {k: v[:, :width] if v.dim() == 2 else v for k, v in batch.items()}
+    return {k: v[:, :width] if isinstance(v, torch.Tensor) and v.dim() == 2 else v for k, v in batch.items()}
 
 
-def take(batch: dict[str, torch.Tensor], index: torch.Tensor | slice) -> dict[str, torch.Tensor]:
-    return trim({k: v[index] for k, v in batch.items()})
+def take(batch: dict, index: torch.Tensor | slice) -> dict:
+    """Rows ``index`` of an encoded set (nested encodings too), trimmed."""
+    return trim({k: take(v, index) if isinstance(v, dict) else v[index] for k, v in batch.items()})
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: to_device(v, device) if isinstance(v, dict) else v.to(device) for k, v in batch.items()}

@@ -14,7 +14,7 @@ from .base import (
     register_method,
 )
 
-_MODULES = ("none", "gradient_ascent", "gradient_difference", "kl", "npo")
+_MODULES = ("none", "gradient_ascent", "gradient_difference", "kl", "npo", "dpo", "simnpo", "retrain", "guardrails", "whp")
 
 
 def _load_all() -> None:

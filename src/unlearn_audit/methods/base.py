@@ -117,8 +117,9 @@ class FineTuneMethod(Method):
         raise NotImplementedError
 
     # -- data --------------------------------------------------------------------------
-    @staticmethod
-    def forget_data(subject: Subject, target, forget_on: str) -> dict[str, torch.Tensor]:
+    def forget_data(self, subject: Subject, target, params) -> dict[str, torch.Tensor]:
+        """The forget set, encoded; methods with paired data (DPO) override this."""
+        forget_on = params.forget_on
         parts = []
         if forget_on in ("qa", "both"):
             parts.append(encode_qa(subject.tokenizer, target.all_forget_qa, subject.prompt_template, subject.answer_eos))
@@ -147,7 +148,7 @@ class FineTuneMethod(Method):
 
     def batches(self, subject: Subject, target, params) -> Iterator[dict]:
         device = subject.device
-        forget = self.forget_data(subject, target, params.forget_on)
+        forget = self.forget_data(subject, target, params)
         if self.needs_reference_logprobs:
             forget["ref_logprob"] = reference_logprobs(subject.model, forget)
         forget_it = shuffled_minibatches(forget, params.batch_size, params.seed, device)

@@ -30,4 +30,4 @@ def evaluate(subject, target, suite: EvalSuite | None = None) -> dict:
     when evaluating many models that share a tokenizer.
     """
     suite = suite or EvalSuite(subject, target.eval_sets())
-    return summarise(suite.run(subject.model))
+    return summarise(suite.run(subject))

@@ -67,26 +67,41 @@ def evaluate_qa(subject, items: Sequence[QA], batch_size: int = 128) -> QAScores
 
 
 class EvalSuite:
-    """Named QA sets encoded once for one tokenizer/template, scored on any model sharing them.
+    """Named QA sets encoded once per prompt format, scored on any model sharing the tokenizer.
 
     Relearning evaluates the same sets at many checkpoints; encoding them once keeps the
-    per-checkpoint cost to the forward passes.
+    per-checkpoint cost to the forward passes. ``run`` takes a Subject (asked in *its* prompt
+    template, so a prompt guardrail stays in place) or a bare model (asked in the template of
+    the subject the suite was built with).
     """
 
     def __init__(self, subject, sets: Mapping[str, Sequence[QA]], batch_size: int = 128):
         self.names = [k for k, v in sets.items() if len(v)]
         self.sizes = [len(sets[k]) for k in self.names]
-        items = [q for k in self.names for q in sets[k]]
-        self.encoded = encode_qa(subject.tokenizer, items, subject.prompt_template, subject.answer_eos)
+        self.items = [q for k in self.names for q in sets[k]]
+        self.tokenizer = subject.tokenizer
+        self.default_format = (subject.prompt_template, subject.answer_eos)
+        self._encoded: dict[tuple[str, bool], dict] = {}
         self.batch_size = batch_size
 
-    def run(self, model) -> dict[str, QAScores]:
-        scores = score_encoded(model, self.encoded, self.batch_size)
+    def encoded(self, template: str, answer_eos: bool) -> dict:
+        key = (template, answer_eos)
+        if key not in self._encoded:
+            self._encoded[key] = encode_qa(self.tokenizer, self.items, template, answer_eos)
+        return self._encoded[key]
+
+    def run(self, subject_or_model) -> dict[str, QAScores]:
+        if hasattr(subject_or_model, "prompt_template"):
+            model = subject_or_model.model
+            fmt = (subject_or_model.prompt_template, subject_or_model.answer_eos)
+        else:
+            model, fmt = subject_or_model, self.default_format
+        scores = score_encoded(model, self.encoded(*fmt), self.batch_size)
         out, start = {}, 0
         for name, size in zip(self.names, self.sizes, strict=True):
             out[name] = QAScores(scores.correct[start:start + size], scores.nll[start:start + size])
             start += size
         return out
 
-    def accuracies(self, model) -> dict[str, float]:
-        return {k: v.accuracy for k, v in self.run(model).items()}
+    def accuracies(self, subject_or_model) -> dict[str, float]:
+        return {k: v.accuracy for k, v in self.run(subject_or_model).items()}

@@ -22,6 +22,7 @@ from ..data.encode import DEFAULT_PROMPT_TEMPLATE
 from ..errors import UserInputError
 
 INFO_FILE = "unlearn_audit.json"
+INTERVENTIONS_FILE = "interventions.safetensors"
 
 
 @dataclass
@@ -45,15 +46,38 @@ class Subject:
     answer_eos: bool = False
     info: dict = field(default_factory=dict)
     path: str | None = None  # the directory it was loaded from or last saved to
+    interventions: list = field(default_factory=list)  # inference-time hooks (see interventions.py)
+    _handles: list = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        for iv in self.interventions:
+            self._handles += iv.attach(self.model)
+
+    def add_intervention(self, intervention) -> None:
+        """Attach an inference-time intervention; it rides along with copies and saves."""
+        self.interventions.append(intervention)
+        self._handles += intervention.attach(self.model)
+
+    def _detach(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     def copy(self, name: str | None = None) -> Subject:
-        """An independent copy of the weights (the tokenizer is shared; it is never mutated)."""
-        return Subject(copy.deepcopy(self.model), self.tokenizer, name or self.name,
-                       self.prompt_template, self.answer_eos, copy.deepcopy(self.info), None)
+        """An independent copy of the weights with the same interventions attached (the
+        tokenizer and the interventions' tensors are shared; neither is ever mutated)."""
+        self._detach()  # deep-copying a model copies its hooks too; copy it bare, then re-attach
+        try:
+            model = copy.deepcopy(self.model)
+        finally:
+            for iv in self.interventions:
+                self._handles += iv.attach(self.model)
+        return Subject(model, self.tokenizer, name or self.name, self.prompt_template, self.answer_eos,
+                       copy.deepcopy(self.info), None, [copy.copy(iv) for iv in self.interventions])
 
     def save(self, path: str | os.PathLike) -> Path:
         """Save as safetensors + tokenizer + ``unlearn_audit.json``, atomically (temp dir, rename)."""
@@ -66,7 +90,14 @@ class Subject:
             self.tokenizer.save_pretrained(tmp)
             (tmp / INFO_FILE).write_text(json.dumps({
                 "name": self.name, "prompt_template": self.prompt_template,
-                "answer_eos": self.answer_eos, "info": self.info}, indent=2) + "\n")
+                "answer_eos": self.answer_eos, "info": self.info,
+                "interventions": [{"kind": iv.kind, "config": iv.config()} for iv in self.interventions],
+            }, indent=2) + "\n")
+            if self.interventions:
+                from safetensors.torch import save_file
+
+                save_file({f"{i}.{k}": t.detach().cpu().contiguous() for i, iv in enumerate(self.interventions)
+                           for k, t in iv.tensors().items()}, str(tmp / INTERVENTIONS_FILE))
             if path.exists():
                 shutil.rmtree(path)
             os.replace(tmp, path)
@@ -180,7 +211,25 @@ def load_subject(name_or_path: str | os.PathLike, *, device: str | torch.device 
     return Subject(model, tokenizer, meta.get("name", spec),
                    meta.get("prompt_template", DEFAULT_PROMPT_TEMPLATE),
                    bool(meta.get("answer_eos", False)), meta.get("info", {}),
-                   str(path.resolve()) if local else None)
+                   str(path.resolve()) if local else None, _load_interventions(path, meta))
+
+
+def _load_interventions(path: Path, meta: dict) -> list:
+    specs = meta.get("interventions") or []
+    if not specs:
+        return []
+    from safetensors.torch import load_file
+
+    from .interventions import INTERVENTIONS
+
+    tensors = load_file(str(path / INTERVENTIONS_FILE))
+    out = []
+    for i, spec in enumerate(specs):
+        if spec["kind"] not in INTERVENTIONS:
+            raise UserInputError(f"{path} needs intervention {spec['kind']!r}, unknown to this version of unlearn-audit")
+        mine = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == str(i)}
+        out.append(INTERVENTIONS[spec["kind"]].restore(spec["config"], mine))
+    return out
 
 
 def _to(subject: Subject, device, dtype) -> Subject:

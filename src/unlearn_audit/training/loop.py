@@ -141,7 +141,7 @@ def shuffled_minibatches(data: dict[str, torch.Tensor], batch_size: int, seed: i
                          device: torch.device | str = "cpu") -> Iterator[Batch]:
     """Endless seeded minibatches of a pre-encoded set (each epoch a new permutation),
     trimmed to their longest row and moved to ``device``."""
-    from ..data.encode import take
+    from ..data.encode import take, to_device
 
     n = data["input_ids"].shape[0]
     size = min(batch_size, n)
@@ -149,6 +149,6 @@ def shuffled_minibatches(data: dict[str, torch.Tensor], batch_size: int, seed: i
     def epoch(gen: torch.Generator):
         order = torch.randperm(n, generator=gen)
         for i in range(0, n - size + 1, size):
-            yield {k: v.to(device) for k, v in take(data, order[i:i + size]).items()}
+            yield to_device(take(data, order[i:i + size]), device)
 
     return cycle(epoch, seed)

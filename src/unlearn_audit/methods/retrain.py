@@ -1,0 +1,31 @@
+"""``retrain``: exact unlearning, i.e. the same model trained from scratch without the concept.
+
+Only the built-in organism can be retrained here (its recipe and data are known); the result
+is the organism's oracle for the target's concept (trained and cached on first use). It is the
+gold standard row of every table: an attack on it measures what the attack teaches a model
+that never knew the concept.
+"""
+
+from __future__ import annotations
+
+from ..errors import UserInputError
+from .base import Method, MethodParams, register_method
+
+
+@register_method("retrain")
+class Retrain(Method):
+    kind = "transform"
+    Params = MethodParams
+
+    def run(self, subject, target, params):
+        from ..subject.organism import organism
+
+        meta = subject.info.get("organism")
+        concept = target.source.get("concept")
+        if not meta or meta.get("kind") != "full" or concept is None:
+            raise UserInputError("retrain needs the built-in organism (organism:<preset>) and a world:<concept> "
+                                 "target: other models cannot be retrained without the concept here")
+        _, oracle = organism(meta["preset"], meta["seed"], concept=concept)
+        out = oracle.copy(name=f"{subject.name}+retrain")
+        out.info = {**out.info, "method": {"name": "retrain", "params": params.model_dump()}}
+        return out
