@@ -14,7 +14,8 @@ from .base import (
     register_method,
 )
 
-_MODULES = ("none", "gradient_ascent", "gradient_difference", "kl", "npo", "dpo", "simnpo", "retrain", "guardrails", "whp")
+_MODULES = ("none", "gradient_ascent", "gradient_difference", "kl", "npo", "simnpo", "dpo", "rmu", "whp",
+            "prune", "control_vector", "memit", "guardrails", "retrain")
 
 
 def _load_all() -> None:

@@ -116,6 +116,10 @@ class FineTuneMethod(Method):
     def loss(self, model, batch: dict, reference, params) -> torch.Tensor:
         raise NotImplementedError
 
+    def trainable(self, model, params) -> list[torch.nn.Parameter] | None:
+        """The parameters to update (None: all of them); RMU updates a few layers only."""
+        return None
+
     # -- data --------------------------------------------------------------------------
     def forget_data(self, subject: Subject, target, params) -> dict[str, torch.Tensor]:
         """The forget set, encoded; methods with paired data (DPO) override this."""
@@ -168,7 +172,8 @@ class FineTuneMethod(Method):
                              warmup_steps=params.warmup_steps, schedule=params.schedule,
                              max_grad_norm=params.max_grad_norm, seed=params.seed)
         log = train(model, lambda b: self.loss(model, b, reference, params),
-                    self.batches(subject, target, params), config, description=f"unlearning: {self.name}")
+                    self.batches(subject, target, params), config, parameters=self.trainable(model, params),
+                    description=f"unlearning: {self.name}")
         model.eval()
         unlearned.info = {**unlearned.info, "method": {"name": self.name, "params": params.model_dump(),
                                                        "final_loss": log.losses[-1] if log.losses else None}}

@@ -91,3 +91,33 @@ class EmbeddingCorruption(Intervention):
     def restore(cls, config, tensors):
         return cls(tensors["weight"], config["bias"], config["threshold"], config["strength"],
                    tensors["noise"], config["pad_token_id"])
+
+
+@register_intervention
+class SteeringVector(Intervention):
+    """Add ``-alpha * direction`` to the residual stream leaving layer ``layer``, at every
+    position (activation steering / contrastive activation addition; the control-vector
+    method's unbaked form)."""
+
+    kind = "steering_vector"
+
+    def __init__(self, layer: int, direction: torch.Tensor, alpha: float):
+        self.layer, self.direction, self.alpha = int(layer), direction, float(alpha)
+
+    def shift(self, like: torch.Tensor) -> torch.Tensor:
+        return (-self.alpha * self.direction).to(device=like.device, dtype=like.dtype)   # (d,)
+
+    def attach(self, model) -> list:
+        from .sites import Site, add_hook
+
+        return add_hook(model, Site("resid_post", self.layer), lambda x: x + self.shift(x))
+
+    def config(self) -> dict:
+        return {"layer": self.layer, "alpha": self.alpha}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"direction": self.direction}
+
+    @classmethod
+    def restore(cls, config, tensors):
+        return cls(config["layer"], tensors["direction"], config["alpha"])

@@ -207,8 +207,11 @@ def _first(x):
     return x[0] if isinstance(x, tuple) else x
 
 
-def _register(model, site: Site, fn: HookFn) -> list:
-    """Register ``fn`` at ``site``; return the handles."""
+def add_hook(model, site: Site, fn: HookFn) -> list:
+    """Register ``fn`` at ``site`` and return the handles; the caller removes them. Prefer
+    :func:`hooks`, which always does; this is for interventions that live as long as a model."""
+    if site.kind not in ACTIVATION_KINDS:
+        raise UserInputError(f"{site} is a weight, not an activation; use patched_weights()")
     module = module_of(model, site)
     handles = []
     arch = architecture(model)
@@ -260,7 +263,7 @@ def hooks(model, fns: Mapping[Site, HookFn]) -> Iterator[None]:
     handles = []
     try:
         for site, fn in fns.items():
-            handles += _register(model, site, fn)
+            handles += add_hook(model, site, fn)
         yield
     finally:
         for h in handles:
@@ -297,3 +300,39 @@ def record(model, sites, run: Callable[[], object]) -> dict[Site, torch.Tensor]:
     with hooks(model, {s: saver(s) for s in sites}):
         run()
     return out
+
+
+@torch.no_grad()
+def token_means(model, data: Mapping[str, torch.Tensor], sites, transform: Callable = lambda x: x,
+                batch_size: int = 32) -> dict[Site, torch.Tensor]:
+    """Mean of ``transform(activation)`` over the real tokens of an encoded set, at each site.
+
+    ``data`` holds ``input_ids`` and ``attention_mask`` (N, T); returns {site: (width,)} on the CPU.
+    """
+    from ..data.encode import take, to_device
+
+    device = next(model.parameters()).device
+    totals: dict[Site, torch.Tensor] = {}
+    state: dict = {}
+
+    def accumulate(site):
+        def fn(x):                                                         # (B, T, width)
+            mask = state["mask"].to(x.dtype)[..., None]
+            s = (transform(x) * mask).sum((0, 1)).double().cpu()
+            totals[site] = totals[site] + s if site in totals else s
+        return fn
+
+    count = 0
+    was_training = model.training
+    model.eval()
+    try:
+        with hooks(model, {s: accumulate(s) for s in sites}):
+            for i in range(0, data["input_ids"].shape[0], batch_size):
+                batch = to_device(take({k: data[k] for k in ("input_ids", "attention_mask")},
+                                       slice(i, i + batch_size)), device)
+                state["mask"] = batch["attention_mask"]
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                count += int(batch["attention_mask"].sum())
+    finally:
+        model.train(was_training)
+    return {s: (t / max(count, 1)).float() for s, t in totals.items()}

@@ -1,0 +1,108 @@
+"""Representation Misdirection for Unlearning (Li et al. 2024, "The WMDP Benchmark: Measuring
+and Reducing Malicious Use With Unlearning").
+
+At layer L, forget activations are pushed towards a fixed random direction scaled by c and
+retain activations are held at the frozen model's:
+
+    L = mean_f || h_L(x_f) - c * u ||^2 / d  +  alpha * mean_r || h_L(x_r) - h_L^frozen(x_r) ||^2 / d
+
+(per-element MSE over the real tokens; h_L is the residual stream leaving layer L; u is a unit
+vector drawn uniformly from [0, 1)^d and normalised, fixed for the run). Only the MLP down
+projections of layers L-2..L are updated. The frozen model is the subject itself, evaluated
+without gradients on each retain batch: no second copy.
+
+Paper (Zephyr-7B): L = 7 of 32, c = 6.5, alpha = 1200, lr 5e-5, batch 4, ~150 steps, forget and
+retain *texts*. Scaling for other models: L defaults to the same relative depth (7/32 of the
+layers, at least 1); and since residual norms differ from model to model while c must be large
+*relative to them*, c defaults to ``coeff_scale`` times the frozen model's mean token norm of
+h_L on the forget texts (set ``steering_coeff`` for an absolute c). Both MSE terms scale with
+the squared norm, so alpha keeps its meaning. Defaults below come from the organism.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from ..data.encode import encode_texts
+from ..errors import UserInputError
+from ..subject.sites import Site, hooks, module_of, num_layers, token_means
+from .base import FineTuneMethod, FineTuneParams, register_method
+
+
+class RMUParams(FineTuneParams):
+    layer: int | None = Field(None, description="Layer L whose output is misdirected (default: 7/32 of the depth).")
+    steering_coeff: float | None = Field(None, gt=0, description="c, absolute (default: coeff_scale x mean norm of h_L).")
+    coeff_scale: float = Field(4.0, gt=0, description="c relative to the mean token norm of h_L on forget text.")
+    alpha: float = Field(1200.0, ge=0, description="Weight of the retain term.")
+    steps: int = Field(60, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    forget_on: str = Field("text", pattern="^(qa|text|both)$")
+
+
+def rmu_loss(h_forget, target, h_retain, h_frozen, mask_forget, mask_retain, alpha: float) -> torch.Tensor:
+    """Per-element MSE of forget activations to ``target`` (d,) plus ``alpha`` times per-element
+    MSE of retain activations to the frozen ones, each averaged over real tokens only.
+
+    Shapes: h_forget (B, T, d), h_retain/h_frozen (B', T', d), masks (B, T) / (B', T') bool.
+    """
+    forget = ((h_forget[mask_forget] - target) ** 2).mean()
+    retain = ((h_retain[mask_retain] - h_frozen[mask_retain]) ** 2).mean()
+    return forget + alpha * retain
+
+
+def _layer_output(model, layer: int, batch: dict) -> torch.Tensor:
+    """The residual stream leaving ``layer`` (B, T, d), with gradients when enabled."""
+    out = {}
+
+    def keep(x):
+        out["h"] = x
+
+    with hooks(model, {Site("resid_post", layer): keep}):
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return out["h"]
+
+
+@register_method("rmu")
+class RMU(FineTuneMethod):
+    Params = RMUParams
+    uses_retain = True
+
+    def resolved_layer(self, model, params) -> int:
+        n = num_layers(model)
+        layer = max(1, round(7 / 32 * n)) if params.layer is None else params.layer
+        if not 0 <= layer < n:
+            raise UserInputError(f"rmu layer {layer} out of range: the model has {n} layers")
+        return layer
+
+    def trainable(self, model, params):
+        layer = self.resolved_layer(model, params)
+        return [module_of(model, Site("mlp_coefficients", i)).weight for i in range(max(0, layer - 2), layer + 1)]
+
+    def run(self, subject, target, params):
+        layer = self.resolved_layer(subject.model, params)
+        coeff = params.steering_coeff
+        if coeff is None:
+            texts = target.forget_text or [f"{q.question} {q.answer}" for q in target.all_forget_qa]
+            site = Site("resid_post", layer)
+            norm = token_means(subject.model, encode_texts(subject.tokenizer, texts), [site],
+                               lambda h: h.norm(dim=-1, keepdim=True))[site]
+            coeff = params.coeff_scale * float(norm)
+        gen = torch.Generator().manual_seed(params.seed)
+        hidden = subject.model.get_input_embeddings().weight.shape[1]
+        u = torch.rand(hidden, generator=gen)
+        self._setup = {"layer": layer, "target": (coeff * u / u.norm())}  # fixed for this run; read by loss()
+        out = super().run(subject, target, params)
+        out.info["method"].update({"layer": layer, "steering_coeff": float(coeff)})
+        return out
+
+    def loss(self, model, batch, reference, params):
+        layer, target = self._setup["layer"], self._setup["target"]
+        forget, retain = batch["forget"], batch["retain"]
+        h_f = _layer_output(model, layer, forget)
+        h_r = _layer_output(model, layer, retain)
+        with torch.no_grad():
+            h_frozen = _layer_output(reference, layer, retain)
+        return rmu_loss(h_f, target.to(h_f.device, h_f.dtype), h_r, h_frozen,
+                        forget["attention_mask"].bool(), retain["attention_mask"].bool(), params.alpha)
+
