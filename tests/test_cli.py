@@ -29,7 +29,7 @@ def test_organism_train_json(micro, cache_dir):
     assert set(doc["train_s"]) == {"full", "oracle"}
 
 
-def test_bad_input_exit_2_with_one_error_line(tmp_path):
+def test_bad_input_exit_2_with_one_error_line(tmp_path, cache_dir):
     r = run_cli("organism", "train", "--preset", "bogus")
     assert r.returncode == 2 and r.stderr.strip().startswith("error: unknown organism preset")
     assert len(r.stderr.strip().splitlines()) == 1
@@ -39,7 +39,8 @@ def test_bad_input_exit_2_with_one_error_line(tmp_path):
     assert r.returncode == 2 and "not writable" in r.stderr
     r = run_cli("evaluate", "--subject", str(tmp_path / "nope"), "--target", "world:0")
     assert r.returncode == 2 and r.stderr.startswith("error: model path")
-    r = run_cli("evaluate", "--subject", "organism:micro", "--target", "world:Nope")
+    r = run_cli("evaluate", "--subject", "organism:micro", "--target", "world:Nope",
+                env={"UNLEARN_AUDIT_CACHE": str(cache_dir)})
     assert r.returncode == 2
     assert main(["organism", "train", "--no-such-flag"]) == 2
 

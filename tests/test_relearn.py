@@ -17,7 +17,7 @@ def audited(micro, micro_target):
                  "gradient_ascent": unlearn(full, micro_target, "gradient_ascent", steps=30)}
     snapshot = {k: v.clone() for k, v in unlearned["gradient_ascent"].model.state_dict().items()}
     params = {a: FAST for a in ("rtt", "forget_data", "unrelated")}
-    results = audit(full, unlearned, micro_target, oracle=oracle, attack_params=params)
+    results = audit(full, unlearned, micro_target, attacks=list(params), oracle=oracle, attack_params=params)
     return results, unlearned, snapshot, params
 
 

@@ -114,3 +114,15 @@ def test_fallback_and_unsupported():
     assert (arch.layers, arch.attn, arch.mlp, arch.down) == ("blocks", "attention", "feed_forward", "feed_forward.w2")
     with pytest.raises(UserInputError, match="unsupported architecture Linear"):
         architecture(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logit_lens_at_the_last_layer_is_the_models_own_logits(models, family):
+    from unlearn_audit.subject.sites import unembed
+
+    model, ids = models[family], _ids()
+    last = Site("resid_post", num_layers(model) - 1)
+    with torch.no_grad():
+        logits = model(ids).logits
+        h = record(model, [last], lambda: model(ids))[last]
+        torch.testing.assert_close(unembed(model, h), logits, rtol=1e-5, atol=1e-5)

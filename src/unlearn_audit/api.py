@@ -20,7 +20,7 @@ from .errors import UserInputError
 from .subject.organism import organism_world
 from .subject.subject import Subject
 
-DEFAULT_ATTACKS = ("rtt", "forget_data", "unrelated")
+DEFAULT_ATTACKS = ("rtt", "forget_data", "unrelated", "patching", "logit_lens", "ablation")
 AGREEMENT_SETS = ("forget", "forget_heldout", "unrelated")
 
 

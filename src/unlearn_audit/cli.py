@@ -333,12 +333,13 @@ def demo_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Forget one concept of the organism with every method and attack each one."""
+    from .api import DEFAULT_ATTACKS
     from .audits import audit_names
     from .experiment.demo import DEMO_METHODS, parse_list, run_demo, summary_rows
     from .methods import method_names
 
     method_list = parse_list(methods, DEMO_METHODS, method_names(), "method")
-    attack_list = parse_list(attacks, ("rtt", "forget_data", "unrelated"), audit_names(), "attack")
+    attack_list = parse_list(attacks, DEFAULT_ATTACKS, audit_names(), "attack")
     if seeds < 1:
         from .errors import UserInputError
         raise UserInputError(f"--seeds must be >= 1, not {seeds}")

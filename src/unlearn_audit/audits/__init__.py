@@ -6,7 +6,7 @@ import importlib
 
 from .base import AUDITS, AuditParams, AuditSpec, audit_names, get_audit, register_audit
 
-_MODULES = ("relearn",)
+_MODULES = ("relearn", "patching", "logit_lens", "ablation")
 
 
 def _load_all() -> None:

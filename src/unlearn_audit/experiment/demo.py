@@ -70,25 +70,34 @@ def run_demo(preset: str = "default", seed: int = 0, methods: list[str] | None =
 
 
 def summary_rows(results: dict, attacks: list[str]) -> tuple[list[str], list[list]]:
-    """The demo table: accuracies, then residual knowledge (recovery without an oracle) per attack."""
-    key = "residual" if results.get("oracle") else "recovery"
+    """The demo table: accuracies, then per attack its residual knowledge (its recovery when
+    there is no oracle or the attack has no residual, e.g. patching's best KRS)."""
+    has_oracle = bool(results.get("oracle"))
+    methods = results["methods"].values()
+
+    def key(attack):
+        if has_oracle and any(m["attacks"].get(attack, {}).get("residual") is not None for m in methods):
+            return "residual"
+        return "recovery"
+
+    keys = {a: key(a) for a in attacks}
     cols = ["model", "forget", "held-out", "forget compl.", "retain", "unrelated"]
-    cols += [f"{a} {key}" for a in attacks]
-    if "rtt" in attacks and "unrelated" in attacks:
-        cols.append("rtt − unrelated")
+    cols += [f"{a} {'KRS' if a == 'patching' else keys[a]}" for a in attacks]
+    margin = "rtt" in attacks and "unrelated" in attacks
+    if margin:
+        cols.append(f"rtt − unrelated {keys['rtt']}")
 
     def accs(r):
         compl = r["sets"].get("forget_completion", {}).get("acc")
         return [r["forget_acc"], r["forget_heldout_acc"], compl, r["retain_acc"], r["unrelated_acc"]]
 
     rows = [["original", *accs(results["original"])] + [None] * (len(cols) - 6)]
-    if results.get("oracle"):
+    if has_oracle:
         rows.append(["oracle", *accs(results["oracle"])] + [None] * (len(cols) - 6))
     for name, m in results["methods"].items():
-        vals = [m["attacks"].get(a, {}).get(key) for a in attacks]
-        row = [name, *accs(m), *vals]
-        if "rtt" in attacks and "unrelated" in attacks:
-            a, b = m["attacks"]["rtt"].get(key), m["attacks"]["unrelated"].get(key)
+        row = [name, *accs(m), *[m["attacks"].get(a, {}).get(keys[a]) for a in attacks]]
+        if margin:
+            a, b = m["attacks"]["rtt"].get(keys["rtt"]), m["attacks"]["unrelated"].get(keys["rtt"])
             row.append(None if a is None or b is None else a - b)
         rows.append(row)
     return cols, rows

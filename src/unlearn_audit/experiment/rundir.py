@@ -41,6 +41,8 @@ def curve_rows(results: dict) -> list[dict]:
     rows = []
     for attack, base in results.get("baselines", {}).items():
         for model, c in base.items():
+            if "steps" not in c:  # not a relearning curve (e.g. logit lens by layer)
+                continue
             for i, step in enumerate(c["steps"]):
                 rows.append({"attack": attack, "model": model, "step": step, "acc": c["acc"][i],
                              "unrelated_acc": c.get("unrelated_acc", [None] * len(c["steps"]))[i],
@@ -58,8 +60,8 @@ def curve_rows(results: dict) -> list[dict]:
 
 
 def write_run(out: Path, results: dict) -> dict[str, Path]:
-    """Write results.json, curves.jsonl, curves.csv and relearn.png into ``out``."""
-    from ..report.figures import relearn_figure
+    """Write results.json, curves.jsonl, curves.csv, relearn.png and patching.png into ``out``."""
+    from ..report.figures import krs_figure, relearn_figure
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -79,4 +81,7 @@ def write_run(out: Path, results: dict) -> dict[str, Path]:
     fig = relearn_figure(results, out / "relearn.png")
     if fig:
         paths["figure"] = fig
+    fig = krs_figure(results, out / "patching.png")
+    if fig:
+        paths["patching_figure"] = fig
     return paths

@@ -25,15 +25,17 @@ from ..world import QA
 
 
 @torch.no_grad()
-def generate_answers(subject, items: Sequence[QA], max_new_tokens: int = 12, batch_size: int = 64) -> list[str]:
-    """Greedy answers (left-padded batches), cut at EOS, a newline, or a completion's period."""
+def greedy_continuations(subject, items: Sequence[QA], max_new_tokens: int = 12,
+                         batch_size: int = 64) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompt token ids and greedy continuation token ids (left-padded batched decoding), each
+    continuation cut after its first EOS (kept)."""
     tok, model = subject.tokenizer, subject.model
     prompts = [render_prompt(q, subject.prompt_template) for q in items]
     ids = tok(prompts)["input_ids"]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     was_training = model.training
     model.eval()
-    out: list[str] = []
+    out: list[list[int]] = []
     try:
         for i in range(0, len(ids), batch_size):
             rows = ids[i:i + batch_size]
@@ -42,13 +44,24 @@ def generate_answers(subject, items: Sequence[QA], max_new_tokens: int = 12, bat
             mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=subject.device)
             gen = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                                  do_sample=False, pad_token_id=pad, eos_token_id=tok.eos_token_id)
-            for q, row in zip(items[i:i + batch_size], gen[:, width:].tolist(), strict=True):
-                text = tok.decode(row, skip_special_tokens=True).split("\n")[0].strip()
-                if q.kind == "completion":
-                    text = text.split(".")[0].strip()
-                out.append(text)
+            for row in gen[:, width:].tolist():
+                if tok.eos_token_id in row:
+                    row = row[:row.index(tok.eos_token_id) + 1]
+                out.append(row)
     finally:
         model.train(was_training)
+    return [list(r) for r in ids], out
+
+
+def generate_answers(subject, items: Sequence[QA], max_new_tokens: int = 12, batch_size: int = 64) -> list[str]:
+    """Greedy answers (left-padded batches), cut at EOS, a newline, or a completion's period."""
+    _, continuations = greedy_continuations(subject, items, max_new_tokens, batch_size)
+    out = []
+    for q, row in zip(items, continuations, strict=True):
+        text = subject.tokenizer.decode(row, skip_special_tokens=True).split("\n")[0].strip()
+        if q.kind == "completion":
+            text = text.split(".")[0].strip()
+        out.append(text)
     return out
 
 

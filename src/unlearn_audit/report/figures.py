@@ -13,7 +13,8 @@ def relearn_figure(results: dict, path: Path, attacks: list[str] | None = None) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    attacks = [a for a in (attacks or list(results.get("baselines", {}))) if results["baselines"].get(a)]
+    attacks = [a for a in (attacks or list(results.get("baselines", {})))
+               if "steps" in results["baselines"].get(a, {}).get("original", {})]
     if not attacks:
         return None
     fig, axes = plt.subplots(1, len(attacks), figsize=(4.2 * len(attacks), 3.6), squeeze=False, sharey=True)
@@ -38,6 +39,47 @@ def relearn_figure(results: dict, path: Path, attacks: list[str] | None = None) 
     axes[0][0].set_ylabel("QA accuracy")
     axes[0][-1].legend(fontsize=8, loc="lower right")
     fig.suptitle(f"relearning '{results.get('concept', '')}'", fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+KRS_STYLE = {"coefficients": ("tab:blue", "-"), "value_vectors": ("tab:grey", "-"),
+             "attention": ("tab:orange", "-"), "coefficients+attention": ("tab:green", "-")}
+
+
+def krs_figure(results: dict, path: Path) -> Path | None:
+    """One panel per method with patching results: KRS by window centre for each intervention,
+    and the content control (another entity's coefficients) dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [(n, m["attacks"]["patching"]) for n, m in results.get("methods", {}).items()
+               if "patching" in m.get("attacks", {}) and m["attacks"]["patching"].get("recovery") is not None]
+    if not methods:
+        return None
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.6 * len(methods), 3.4), squeeze=False, sharey=True)
+    for ax, (name, p) in zip(axes[0], methods, strict=True):
+        for kind, series in p["krs"].items():
+            color, ls = KRS_STYLE.get(kind, ("black", "-"))
+            ax.plot(p["layers"], [float("nan") if v is None else v for v in series], color=color, ls=ls,
+                    marker="o", ms=3, label=kind)
+        control = p.get("content_control") or {}
+        if control.get("coefficients"):
+            ax.plot(p["layers"], [float("nan") if v is None else v for v in control["coefficients"]],
+                    color="tab:blue", ls="--", lw=1, label="coefficients, other entity")
+        ax.axhline(0, color="black", lw=0.5)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel(f"window centre (window {p['window']})")
+        ax.set_ylim(-1.05, 1.05)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("KRS")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    fig.suptitle(f"restoring vanilla components into the unlearned model ('{results.get('concept', '')}')", fontsize=11)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=120)

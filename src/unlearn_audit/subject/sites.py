@@ -68,6 +68,7 @@ class Architecture:
         down: path from a layer to the MLP down/output projection.
         conv1d: the down projection is a GPT-2 ``Conv1D`` (weight stored as (in, out)).
         flat_mlp: the MLP sees tokens flattened to (B*T, d) (OPT); hooks still get (B, T, d).
+        final_norm: path from the model to the norm applied before the unembedding.
     """
 
     layers: str
@@ -76,20 +77,23 @@ class Architecture:
     down: str
     conv1d: bool = False
     flat_mlp: bool = False
+    final_norm: str = "model.norm"
 
 
 _LLAMA_LIKE = Architecture("model.layers", "self_attn", "mlp", "mlp.down_proj")
 ARCHITECTURES: dict[str, Architecture] = {
     **{t: _LLAMA_LIKE for t in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "olmo", "olmo2",
                                 "gemma", "gemma2", "smollm3", "granite")},
-    "phi": Architecture("model.layers", "self_attn", "mlp", "mlp.fc2"),
+    "phi": Architecture("model.layers", "self_attn", "mlp", "mlp.fc2", final_norm="model.final_layernorm"),
     "phi3": Architecture("model.layers", "self_attn", "mlp", "mlp.down_proj"),
-    "gpt2": Architecture("transformer.h", "attn", "mlp", "mlp.c_proj", conv1d=True),
-    "gpt_neox": Architecture("gpt_neox.layers", "attention", "mlp", "mlp.dense_4h_to_h"),
-    "gpt_neo": Architecture("transformer.h", "attn", "mlp", "mlp.c_proj"),
-    "gptj": Architecture("transformer.h", "attn", "mlp", "mlp.fc_out"),
-    "opt": Architecture("model.decoder.layers", "self_attn", "fc2", "fc2", flat_mlp=True),
-    "falcon": Architecture("transformer.h", "self_attention", "mlp", "mlp.dense_4h_to_h"),
+    "gpt2": Architecture("transformer.h", "attn", "mlp", "mlp.c_proj", conv1d=True, final_norm="transformer.ln_f"),
+    "gpt_neox": Architecture("gpt_neox.layers", "attention", "mlp", "mlp.dense_4h_to_h",
+                             final_norm="gpt_neox.final_layer_norm"),
+    "gpt_neo": Architecture("transformer.h", "attn", "mlp", "mlp.c_proj", final_norm="transformer.ln_f"),
+    "gptj": Architecture("transformer.h", "attn", "mlp", "mlp.fc_out", final_norm="transformer.ln_f"),
+    "opt": Architecture("model.decoder.layers", "self_attn", "fc2", "fc2", flat_mlp=True,
+                        final_norm="model.decoder.final_layer_norm"),
+    "falcon": Architecture("transformer.h", "self_attention", "mlp", "mlp.dense_4h_to_h", final_norm="transformer.ln_f"),
 }
 
 # fallback: names to try, in order, for each part of a layer
@@ -188,6 +192,18 @@ def value_vectors(model, layer: int) -> torch.Tensor:
     arch = architecture(model)
     weight = _get(_layer(model, arch, layer), arch.down).weight
     return weight if arch.conv1d else weight.T
+
+
+def unembed(model, resid: torch.Tensor) -> torch.Tensor:
+    """Logits of a residual stream vector: the final norm, then the unembedding (the logit lens,
+    nostalgebraist 2020). For the last layer's output this is the model's own logits."""
+    arch = architecture(model)
+    try:
+        norm = _get(model, arch.final_norm)
+    except AttributeError:
+        raise UserInputError(f"{type(model).__name__}: no final norm at {arch.final_norm!r}; "
+                             "set final_norm in unlearn_audit.subject.sites.ARCHITECTURES") from None
+    return model.get_output_embeddings()(norm(resid))
 
 
 def d_mlp(model, layer: int = 0) -> int:

@@ -1,0 +1,73 @@
+"""Direction ablation (Łucki et al. 2024, "An Adversarial Perspective on Machine Unlearning for
+AI Safety"): unlearning that works by pushing activations along a direction can be undone by
+projecting that direction out.
+
+Per layer L, the direction is the difference of mean residual streams leaving L (over the real
+tokens of the forget QA, question and answer) between the unlearned and the original model:
+
+    r_L = mean h_L^unlearned(x) - mean h_L^original(x),      r̂_L = r_L / |r_L|
+
+and the unlearned model is run with every layer's output projected off its direction,
+``h_L <- h_L - (h_L . r̂_L) r̂_L``. The ``unrelated`` variant takes the means over unrelated QA
+instead (a direction that is not about the concept). Reported: forget QA accuracy (both halves)
+under ablation, recovery ``(ablated - unlearned) / (original - unlearned)``, and with an
+oracle, residual ``(ablated_unlearned - ablated_oracle) / (original - oracle)`` where the oracle
+is ablated along its own difference from the original.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from ..data.encode import encode_qa
+from ..metrics.qa import EvalSuite
+from ..metrics.recovery import recovery, residual
+from ..subject.sites import Site, hooks, num_layers, token_means
+from .base import AuditParams, register_audit
+
+
+class AblationParams(AuditParams):
+    source: str = Field("forget", pattern="^(forget|unrelated)$",
+                        description="QA whose mean activations define the direction: forget or unrelated.")
+
+
+def directions(original, subject, items) -> dict[Site, torch.Tensor]:
+    """Unit direction per layer: mean residual of ``subject`` minus that of ``original``."""
+    data = encode_qa(original.tokenizer, items, original.prompt_template, original.answer_eos)
+    sites = [Site("resid_post", layer) for layer in range(num_layers(original.model))]
+    a, b = token_means(subject.model, data, sites), token_means(original.model, data, sites)
+    return {s: (a[s] - b[s]) / (a[s] - b[s]).norm().clamp(min=1e-12) for s in sites}
+
+
+def ablated_accuracy(subject, suite: EvalSuite, dirs: dict[Site, torch.Tensor]) -> float:
+    def project_out(r):
+        def fn(h):
+            r_ = r.to(h.device, h.dtype)
+            return h - (h @ r_)[..., None] * r_
+        return fn
+
+    with hooks(subject.model, {s: project_out(r) for s, r in dirs.items()}):
+        return suite.accuracies(subject)["forget"]
+
+
+@register_audit("ablation", AblationParams,
+                "project out the unlearned-minus-original direction at every layer (Łucki et al. 2024)")
+def run_ablation(original, unlearned: dict, oracle, target, params: AblationParams) -> dict:
+    suite = EvalSuite(original, {"forget": target.all_forget_qa})
+    source = target.all_forget_qa if params.source == "forget" else (target.unrelated_qa or target.retain_qa)
+    acc_orig = suite.accuracies(original)["forget"]
+    base = {"original": {"acc": acc_orig}}
+    oracle_after = oracle_before = None
+    if oracle is not None:
+        oracle_before = suite.accuracies(oracle)["forget"]
+        oracle_after = ablated_accuracy(oracle, suite, directions(original, oracle, source))
+        base["oracle"] = {"acc": oracle_before, "acc_ablated": oracle_after}
+    results = {}
+    for name, subject in unlearned.items():
+        before = suite.accuracies(subject)["forget"]
+        after = ablated_accuracy(subject, suite, directions(original, subject, source))
+        results[name] = {"recovery": recovery(after, before, acc_orig),
+                         "residual": residual(after, oracle_after, acc_orig, oracle_before) if oracle is not None else None,
+                         "acc_before": before, "acc_after": after, "source": params.source}
+    return {"methods": results, "baselines": base}

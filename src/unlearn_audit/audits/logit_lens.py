@@ -1,0 +1,85 @@
+"""Logit lens: is the answer readable in the residual stream before the last layer?
+
+At every layer L, the residual stream leaving L at the last prompt token is projected through
+the final norm and the unembedding (nostalgebraist 2020, "interpreting GPT: the logit lens");
+for each forget question we read the probability and the rank of the reference answer's first
+token. A method that hides the answer in its last layers still shows it at intermediate ones
+(Patil et al. 2024 extract "deleted" answers this way).
+
+Summaries, with acc(L) = fraction of questions whose answer's first token is the top-1 token at
+layer L and acc_final its value at the last layer:
+
+    recovery = (max_L acc_unlearned(L) - acc_unlearned_final) / (acc_original_final - acc_unlearned_final)
+    residual = (max_L acc_unlearned(L) - max_L acc_oracle(L)) / (acc_original_final - acc_oracle_final)
+
+i.e. how much of the first-token knowledge unlearning removed is readable at some layer, and how
+much more than in a model that never knew the concept.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+
+from ..data.encode import encode_qa
+from ..errors import UserInputError
+from ..metrics.recovery import recovery, residual
+from ..subject.sites import Site, num_layers, record, unembed
+from .base import AuditParams, register_audit
+
+
+class LogitLensParams(AuditParams):
+    batch_size: int = Field(64, ge=1)
+
+
+@torch.no_grad()
+def lens(subject, items, batch_size: int = 64) -> dict:
+    """Per layer: mean probability, mean rank (0 = top) and top-1 accuracy of each item's
+    first answer token at the last prompt position."""
+    model, tok = subject.model, subject.tokenizer
+    data = encode_qa(tok, items, subject.prompt_template, subject.answer_eos)
+    labels = data["labels"]
+    first = (labels != -100).float().argmax(1)                              # (N,) first answer position
+    position, answer = first - 1, labels[torch.arange(len(items)), first]   # predicting position, token
+    n_layers = num_layers(model)
+    sites = [Site("resid_post", layer) for layer in range(n_layers)]
+    device = next(model.parameters()).device
+    prob, rank = torch.zeros(n_layers, len(items)), torch.zeros(n_layers, len(items))
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, len(items), batch_size):
+            sl = slice(i, i + batch_size)
+            ids, mask = data["input_ids"][sl].to(device), data["attention_mask"][sl].to(device)
+            acts = record(model, sites, lambda ids=ids, mask=mask: model(input_ids=ids, attention_mask=mask))
+            rows = torch.arange(ids.shape[0])
+            for layer, site in enumerate(sites):
+                logits = unembed(model, acts[site][rows, position[sl].to(device)]).float()   # (B, V)
+                target = answer[sl].to(device)
+                p = torch.softmax(logits, -1)
+                prob[layer, sl] = p[rows, target].cpu()
+                rank[layer, sl] = (logits > logits[rows, target][:, None]).sum(-1).float().cpu()
+    finally:
+        model.train(was_training)
+    return {"prob": prob.mean(1).tolist(), "rank": rank.mean(1).tolist(), "acc": (rank == 0).float().mean(1).tolist()}
+
+
+@register_audit("logit_lens", LogitLensParams, "read the answer's first token from every layer's residual stream")
+def run_logit_lens(original, unlearned: dict, oracle, target, params: LogitLensParams) -> dict:
+    items = [q for q in target.all_forget_qa if q.kind == "qa"]
+    if not items:
+        raise UserInputError("logit_lens needs forget QA (question/answer lines)")
+    base = {"original": lens(original, items, params.batch_size)}
+    if oracle is not None:
+        base["oracle"] = lens(oracle, items, params.batch_size)
+    acc_orig = base["original"]["acc"][-1]
+    results = {}
+    for name, subject in unlearned.items():
+        curve = lens(subject, items, params.batch_size)
+        peak = max(curve["acc"])
+        res = None
+        if oracle is not None:
+            res = residual(peak, max(base["oracle"]["acc"]), acc_orig, base["oracle"]["acc"][-1])
+        results[name] = {"recovery": recovery(peak, curve["acc"][-1], acc_orig), "residual": res,
+                         "best_layer": int(curve["acc"].index(peak)), "curve": curve}
+    return {"methods": results, "baselines": base}
