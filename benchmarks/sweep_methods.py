@@ -1,7 +1,8 @@
 """Hyper-parameter sweep of the fine-tuning methods on the organism.
 
 Picks each method's defaults: among settings whose forget QA accuracy (both halves) is at most
-0.2, the one with the best unrelated QA accuracy. Every run is appended to a JSONL file (a
+0.2, the one with the best unrelated QA accuracy; where no setting gets there, the one with the
+largest unrelated-minus-forget accuracy. Every run is appended to a JSONL file (a
 killed sweep resumes where it stopped); the summary is printed as a Markdown table.
 
     .venv/bin/python benchmarks/sweep_methods.py [--preset default] [--methods npo,kl] [--threads 1]
@@ -29,6 +30,16 @@ GRIDS = {
                "forget_on": ["qa", "both"]},
     "npo_kl": {"beta": [1.0, 3.0], "lr": [1e-4, 3e-4], "steps": [60, 120], "retain_weight": [1.0, 5.0, 20.0],
                "forget_on": ["qa", "both"]},
+    "simnpo": {"beta": [2.5], "lr": [1e-4, 3e-4], "steps": [30, 60, 120], "retain_weight": [1.0, 5.0],
+               "forget_on": ["qa", "both"]},
+    "dpo": {"beta": [0.1, 1.0], "lr": [1e-4, 3e-4, 1e-3], "steps": [30, 60, 120], "retain_weight": [1.0, 5.0]},
+    "whp": {"lr": [1e-4, 3e-4, 1e-3], "steps": [30, 60]},
+    "rmu": {"alpha": [10.0, 100.0, 1200.0], "coeff_scale": [1.0, 4.0], "lr": [1e-3, 3e-3], "steps": [60]},
+    "prune_neurons": {"frac": [0.02, 0.05, 0.1, 0.2], "scope": ["global", "layer"]},
+    "prune_random": {"frac": [0.02, 0.05, 0.1, 0.2]},
+    "control_vector": {"alpha": [1.0, 2.0, 4.0, 8.0, 16.0], "layer": [1, 2, 3]},
+    "memit_empty": {"mom2_weight": [1.0, 10.0, 100.0, 1000.0, 15000.0], "clamp_norm": [0.75, 4.0]},
+    "memit_entropy": {"mom2_weight": [1.0, 10.0, 100.0, 1000.0, 15000.0], "clamp_norm": [0.75, 4.0]},
 }
 FORGET_MAX = 0.2
 
@@ -86,9 +97,12 @@ def summarise(path: Path) -> None:
         if not mine:
             continue
         ok = [r for r in mine if max(r["forget"], r["forget_heldout"]) <= FORGET_MAX]
-        best = max(ok, key=lambda r: (r["unrelated"], r["retain"])) if ok else min(mine, key=lambda r: r["forget"])
+        if ok:
+            best = max(ok, key=lambda r: (r["unrelated"], r["retain"]))
+        else:  # no setting forgets enough: the best trade-off, unrelated kept minus forget left
+            best = max(mine, key=lambda r: r["unrelated"] - max(r["forget"], r["forget_heldout"]))
         setting = ", ".join(f"{k}={v}" for k, v in best["params"].items())
-        flag = "" if ok else " (none reached forget <= 0.2)"
+        flag = "" if ok else " (none reached forget <= 0.2; best unrelated - forget)"
         print(f"| {name} | {len(mine)} | {setting}{flag} | {best['forget']:.2f} | {best['forget_heldout']:.2f} | "
               f"{best['retain']:.2f} | {best['unrelated']:.2f} | {best['forget_completion']:.2f} |")
 
