@@ -5,15 +5,12 @@ import torch
 
 from unlearn_audit.audits.patching import (
     PatchingParams,
-    answer_mask,
-    encode_teacher_forced,
     krs,
     krs_profile,
+    krs_profile_loop,
     per_row_mse,
     windows,
 )
-from unlearn_audit.metrics.generation import greedy_continuations
-from unlearn_audit.subject.sites import Site, hooks, patched_weights, record, value_vectors
 
 
 def _perturbed(subject, names, scale=0.05):
@@ -71,35 +68,9 @@ def test_batched_profile_equals_the_straightforward_loop(micro, micro_target):
     params = PatchingParams(window=1, batch_size=3, max_rows=4, content_control=False)
     profile = krs_profile(full, unlearned, items, params)
     before = _weights(unlearned)
-    # reference: one question and one window at a time, vanilla re-run each time
-    prompts, answers = greedy_continuations(full, items, params.max_new_tokens)
-    per = {k: [] for k in profile["krs"]}
-    for layer in range(2):
-        scores = {k: [] for k in per}
-        mse_u = []
-        for p, a in zip(prompts, answers, strict=True):
-            b = encode_teacher_forced([p], [a], full.tokenizer.pad_token_id)
-            mask = answer_mask(b)
-
-            def fwd(m, b=b):
-                return m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-
-            with torch.no_grad():
-                ref = fwd(full.model)
-                u = fwd(unlearned.model)
-                mse_u.append(per_row_mse(u, ref, mask))
-                for k, kinds in (("coefficients", ["mlp_coefficients"]), ("attention", ["attn_out"]),
-                                 ("coefficients+attention", ["mlp_coefficients", "attn_out"])):
-                    sites = [Site(kind, layer) for kind in kinds]
-                    cache = record(full.model, sites, lambda: fwd(full.model))
-                    with hooks(unlearned.model, {s: (lambda x, s=s, cache=cache: cache[s]) for s in sites}):
-                        scores[k].append(per_row_mse(fwd(unlearned.model), ref, mask))
-                with patched_weights(unlearned.model, {layer: value_vectors(full.model, layer)}):
-                    scores["value_vectors"].append(per_row_mse(fwd(unlearned.model), ref, mask))
-        for k in per:
-            per[k].append(krs(torch.cat(scores[k]), torch.cat(mse_u)))
-    for k in per:
-        assert profile["krs"][k] == pytest.approx(per[k], abs=1e-5), k
+    reference = krs_profile_loop(full, unlearned, items, params)  # one question, one window at a time
+    for k in reference:
+        assert profile["krs"][k] == pytest.approx(reference[k], abs=1e-5), k
     after = _weights(unlearned)
     assert all(torch.equal(before[n], after[n]) for n in before), "patching left a weight changed"
 

@@ -248,6 +248,43 @@ def krs_profile(original, unlearned, items: Sequence[QA], params: PatchingParams
     return out
 
 
+@torch.no_grad()
+def krs_profile_loop(original, unlearned, items: Sequence[QA], params: PatchingParams) -> dict[str, list]:
+    """The straightforward reference for :func:`krs_profile` (no content control): for every
+    window, intervention and question, run the vanilla and the unlearned model again, one
+    question at a time. Same numbers, many more forward passes; tests and benchmarks use it."""
+    model_v, model_u = original.model, unlearned.model
+    n_layers = num_layers(model_v)
+    wins = windows(n_layers, params.window or default_window(n_layers))
+    prompts, answers = greedy_continuations(original, items, params.max_new_tokens)
+    pad = original.tokenizer.pad_token_id or 0
+    kinds = {**_SITES, "value_vectors": ()}
+    out = {name: [] for name in INTERVENTIONS}
+    for win in wins:
+        restored, unlearned_mse = {name: [] for name in INTERVENTIONS}, []
+        for p, a in zip(prompts, answers, strict=True):
+            if not a:
+                continue
+            b = encode_teacher_forced([p], [a], pad)
+            mask = answer_mask(b)
+            for name in INTERVENTIONS:
+                sites = [Site(k, layer) for k in kinds[name] for layer in win]
+                held = {}
+                cache = record(model_v, sites, lambda b=b, held=held: held.setdefault("v", _forward(model_v, b)))
+                vanilla = held["v"]
+                mse_u = per_row_mse(_forward(model_u, b), vanilla, mask)
+                if name == "value_vectors":
+                    with patched_weights(model_u, {layer: value_vectors(model_v, layer) for layer in win}):
+                        restored[name].append(per_row_mse(_forward(model_u, b), vanilla, mask))
+                else:
+                    with hooks(model_u, {s: (lambda x, s=s, cache=cache: cache[s]) for s in sites}):
+                        restored[name].append(per_row_mse(_forward(model_u, b), vanilla, mask))
+            unlearned_mse.append(mse_u)
+        for name in INTERVENTIONS:
+            out[name].append(krs(torch.cat(restored[name]), torch.cat(unlearned_mse)))
+    return out
+
+
 def best(profile: dict) -> float | None:
     values = [v for series in profile["krs"].values() for v in series if v is not None]
     return max(values) if values else None
