@@ -133,33 +133,41 @@ class FineTuneMethod(Method):
             parts.append(encode_texts(subject.tokenizer, target.forget_text))
         return concat_batches(*parts, pad_id=subject.tokenizer.pad_token_id)
 
-    def retain_batches(self, subject: Subject, target, params) -> Iterator[dict]:
-        """Retain batches: half QA pairs (answer-only loss), half texts (full loss), when the
-        target has both. Keeping both formats in every batch is what keeps the QA format and
-        the text knowledge of the retained concepts intact (on the organism, QA alone broke
-        completions and text alone broke the QA format)."""
-        device, tok = subject.device, subject.tokenizer
-        parts = []
+    @staticmethod
+    def retain_data(subject: Subject, target) -> list[dict[str, torch.Tensor]]:
+        """The retain set, encoded: QA pairs (answer-only loss) and texts (full loss), when the
+        target has both."""
+        tok, parts = subject.tokenizer, []
         if target.retain_qa:
             parts.append(encode_qa(tok, target.retain_qa, subject.prompt_template, subject.answer_eos))
         if target.retain_text:
             parts.append(encode_texts(tok, target.retain_text))
-        size = max(1, params.batch_size // len(parts))
-        streams = [shuffled_minibatches(p, size, params.seed + 1 + i, device) for i, p in enumerate(parts)]
-        if len(streams) == 1:
-            return streams[0]
-        return (concat_batches(*bs, pad_id=tok.pad_token_id) for bs in zip(*streams, strict=False))
+        return parts
 
-    def batches(self, subject: Subject, target, params) -> Iterator[dict]:
-        device = subject.device
-        forget = self.forget_data(subject, target, params)
+    def stream(self, forget: dict, retain: list[dict], params, reference, device, pad_id: int) -> Iterator[dict]:
+        """Endless seeded ``{"forget", "retain"}`` batches from encoded sets.
+
+        With several retain parts each retain batch takes an equal share of every part: keeping
+        both formats in every batch is what keeps the QA format and the text knowledge of the
+        retained concepts intact (on the organism, QA alone broke completions and text alone
+        broke the QA format). The frozen ``reference`` model's log-probs of every forget row are
+        computed here, once, when the method needs them.
+        """
         if self.needs_reference_logprobs:
-            forget["ref_logprob"] = reference_logprobs(subject.model, forget)
+            forget = {**forget, "ref_logprob": reference_logprobs(reference, forget)}
         forget_it = shuffled_minibatches(forget, params.batch_size, params.seed, device)
         if not self.uses_retain:
             return ({"forget": f} for f in forget_it)
-        retain_it = self.retain_batches(subject, target, params)
+        size = max(1, params.batch_size // len(retain))
+        streams = [shuffled_minibatches(p, size, params.seed + 1 + i, device) for i, p in enumerate(retain)]
+        retain_it = streams[0] if len(streams) == 1 else \
+            (concat_batches(*bs, pad_id=pad_id) for bs in zip(*streams, strict=False))
         return ({"forget": f, "retain": r} for f, r in zip(forget_it, retain_it, strict=False))
+
+    def batches(self, subject: Subject, target, params) -> Iterator[dict]:
+        retain = self.retain_data(subject, target) if self.uses_retain else []
+        return self.stream(self.forget_data(subject, target, params), retain, params, subject.model,
+                           subject.device, subject.tokenizer.pad_token_id)
 
     # -- run ---------------------------------------------------------------------------
     def run(self, subject: Subject, target, params) -> Subject:
