@@ -116,6 +116,9 @@ class FineTuneMethod(Method):
     def loss(self, model, batch: dict, reference, params) -> torch.Tensor:
         raise NotImplementedError
 
+    def setup(self, subject: Subject, target, params) -> None:
+        """Per-run state the loss needs beyond the batches (RMU's random target vector)."""
+
     def trainable(self, model, params) -> list[torch.nn.Parameter] | None:
         """The parameters to update (None: all of them); RMU updates a few layers only."""
         return None
@@ -172,6 +175,7 @@ class FineTuneMethod(Method):
     # -- run ---------------------------------------------------------------------------
     def run(self, subject: Subject, target, params) -> Subject:
         seed_everything(params.seed)
+        self.setup(subject, target, params)
         unlearned = subject.copy(name=f"{subject.name}+{self.name}")
         reference = subject.model
         reference.eval()

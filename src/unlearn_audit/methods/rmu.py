@@ -79,7 +79,7 @@ class RMU(FineTuneMethod):
         layer = self.resolved_layer(model, params)
         return [module_of(model, Site("mlp_coefficients", i)).weight for i in range(max(0, layer - 2), layer + 1)]
 
-    def run(self, subject, target, params):
+    def setup(self, subject, target, params):
         layer = self.resolved_layer(subject.model, params)
         coeff = params.steering_coeff
         if coeff is None:
@@ -89,11 +89,12 @@ class RMU(FineTuneMethod):
                                lambda h: h.norm(dim=-1, keepdim=True))[site]
             coeff = params.coeff_scale * float(norm)
         gen = torch.Generator().manual_seed(params.seed)
-        hidden = subject.model.get_input_embeddings().weight.shape[1]
-        u = torch.rand(hidden, generator=gen)
-        self._setup = {"layer": layer, "target": (coeff * u / u.norm())}  # fixed for this run; read by loss()
+        u = torch.rand(subject.model.get_input_embeddings().weight.shape[1], generator=gen)
+        self._setup = {"layer": layer, "coeff": coeff, "target": coeff * u / u.norm()}  # read by loss()
+
+    def run(self, subject, target, params):
         out = super().run(subject, target, params)
-        out.info["method"].update({"layer": layer, "steering_coeff": float(coeff)})
+        out.info["method"].update({"layer": self._setup["layer"], "steering_coeff": float(self._setup["coeff"])})
         return out
 
     def loss(self, model, batch, reference, params):

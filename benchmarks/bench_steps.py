@@ -1,0 +1,290 @@
+"""Training-step speed and memory of every fine-tuning method, as MFU of the measured matmul peak.
+
+- matmul peak: median GFLOP/s of a 1024x1024 fp32 ``torch.mm`` (2 n^3 flops), at the thread
+  count used below, so every step time is also an MFU;
+- per-method step time on the *reference shape* (a random Llama, hidden 128, 4 layers, 4 heads,
+  MLP 344, vocab 442, untied: 904,832 parameters; batches of 4 QA rows x 44 tokens with the loss
+  on the last 12, plus a retain batch of the same shape for methods with a retain term; AdamW
+  lr 1e-5, clip 1.0) through the real pipeline (``FineTuneMethod.stream`` + the shared
+  ``train`` loop): median over steps 2..N of several runs, MFU = 6 * params * tokens / time /
+  peak (tokens of every forward with gradients: forget + retain rows);
+- the same on the default organism (its real forget/retain data, batch 16);
+- peak RSS of a process that unlearns with each method, relative to gradient difference (each
+  method in its own process; the original model is held by every method, the unlearned copy
+  too: a reference model costs nothing extra when its log-probs are precomputed);
+- CLI start-up: ``unlearn-audit --help`` and a 20-step ``unlearn`` on the reference shape, by
+  hyperfine when installed (else a median of 5 runs).
+
+    .venv/bin/python benchmarks/bench_steps.py [--threads 2] [--steps 30] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("UNLEARN_AUDIT_PROGRESS", "0")
+ROOT = Path(__file__).resolve().parents[1]
+CLI = str(Path(sys.executable).parent / "unlearn-audit")
+METHODS = ("gradient_ascent", "gradient_difference", "kl", "npo", "npo_gd", "npo_kl", "simnpo", "dpo", "rmu")
+REF_ROWS, REF_LEN, REF_ANSWER = 4, 44, 12
+
+
+def matmul_peak(threads: int, n: int = 1024, repeats: int = 20) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def reference_subject(tmp: Path | None = None):
+    """The reference shape: a random Llama with a 442-token vocabulary, optionally saved."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from unlearn_audit.subject.organism import train_tokenizer
+    from unlearn_audit.subject.subject import Subject
+    from unlearn_audit.world import build_world, corpus, world_config
+
+    tok = train_tokenizer(corpus(build_world(world_config("micro", 0))), 442)
+    config = LlamaConfig(vocab_size=442, hidden_size=128, intermediate_size=344, num_hidden_layers=4,
+                         num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=False,
+                         max_position_embeddings=256, pad_token_id=tok.pad_token_id,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    subject = Subject(LlamaForCausalLM(config), tok, "reference-shape", answer_eos=True)
+    if tmp is not None:
+        subject.save(tmp)
+    return subject
+
+
+def synthetic_qa(n: int, vocab: int, seed: int) -> dict:
+    """``n`` rows of ``REF_LEN`` random tokens, the loss on the last ``REF_ANSWER``."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(2, vocab, (n, REF_LEN), generator=g)
+    labels = ids.clone()
+    labels[:, :REF_LEN - REF_ANSWER] = -100
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def step_times(method_name: str, subject, forget: dict, retain: list[dict], overrides: dict, steps: int,
+               repeats: int) -> tuple[float, float, int]:
+    """(median step seconds, max-min spread, tokens with gradients per step)."""
+    from unlearn_audit.methods import get_method
+    from unlearn_audit.training import TrainConfig, train
+
+    method = get_method(method_name)
+    params = method.params({**overrides, "steps": steps})
+    times = []
+    for r in range(repeats):
+        work = subject.copy()
+        model, reference = work.model, subject.model
+        marks = []
+        batches = method.stream(forget, retain, params, reference, work.device, subject.tokenizer.pad_token_id)
+        if method_name == "rmu" and not hasattr(method, "_setup"):
+            method.setup(subject, None, params)
+        start = time.perf_counter()
+        train(model, lambda b, m=model, ref=reference: method.loss(m, b, ref, params), batches,
+              TrainConfig(steps=steps, lr=params.lr, max_grad_norm=1.0, seed=r),
+              parameters=method.trainable(model, params),
+              on_step=lambda s, loss, marks=marks: marks.append(time.perf_counter()))
+        deltas = [b - a for a, b in zip([start, *marks[:-1]], marks, strict=True)][1:]  # first step excluded
+        times.append(statistics.median(deltas))
+    per_row = next(iter(forget.values())).shape[1]
+    rows = params.batch_size * (2 if method.uses_retain else 1)
+    return statistics.median(times), max(times) - min(times), rows * per_row
+
+
+def bench_reference(threads: int, steps: int, repeats: int, peak: float) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(threads)
+    subject = reference_subject()
+    n_params = sum(p.numel() for p in subject.model.parameters())
+    forget, retain = synthetic_qa(64, 442, 0), [synthetic_qa(64, 442, 1)]
+    out = []
+    for name in METHODS:
+        forget_for = forget
+        if name == "dpo":  # a preference pair: a "chosen" side of the same shape
+            from unlearn_audit.methods.base import reference_logprobs
+
+            chosen = synthetic_qa(64, 442, 2)
+            chosen["ref_logprob"] = reference_logprobs(subject.model, chosen)
+            forget_for = {**forget, "ref_logprob": reference_logprobs(subject.model, forget), "chosen": chosen}
+        overrides = {"batch_size": REF_ROWS, "lr": 1e-5, **({"steering_coeff": 5.0} if name == "rmu" else {})}
+        median, spread, tokens = step_times(name, subject, forget_for, retain, overrides, steps, repeats)
+        passes = 2 if name == "dpo" else 1  # DPO runs chosen and rejected sides with gradients
+        flops = 6 * n_params * tokens * passes
+        out.append({"method": name, "ms": median * 1e3, "spread_ms": spread * 1e3,
+                    "mfu": flops / median / (peak * 1e9)})
+    return out
+
+
+def bench_organism(threads: int, steps: int, repeats: int, peak: float) -> list[dict]:
+    import torch
+
+    from unlearn_audit.api import target_for
+    from unlearn_audit.methods import get_method
+    from unlearn_audit.subject.organism import organism
+
+    torch.set_num_threads(threads)
+    full, _ = organism("default", 0)
+    target = target_for("world:0", full)
+    n_params = sum(p.numel() for p in full.model.parameters())
+    out = []
+    for name in METHODS:
+        method = get_method(name)
+        params = method.params({})
+        forget = method.forget_data(full, target, params)
+        retain = method.retain_data(full, target) if method.uses_retain else []
+        if name == "rmu":
+            method.setup(full, target, params)
+        median, spread, _ = step_times(name, full, forget, retain, {}, steps, repeats)
+        tokens = params.batch_size * forget["input_ids"].shape[1] * (2 if method.uses_retain else 1)
+        out.append({"method": name, "ms": median * 1e3, "spread_ms": spread * 1e3,
+                    "mfu_upper": 6 * n_params * tokens / median / (peak * 1e9)})
+    return out
+
+
+def peak_rss_one(name: str, threads: int) -> float:
+    import torch
+
+    from unlearn_audit.methods import get_method
+
+    torch.set_num_threads(threads)
+    subject = reference_subject()
+    forget, retain = synthetic_qa(64, 442, 0), [synthetic_qa(64, 442, 1)]
+    method = get_method(name)
+    if name == "dpo":
+        from unlearn_audit.methods.base import reference_logprobs
+
+        chosen = synthetic_qa(64, 442, 2)
+        chosen["ref_logprob"] = reference_logprobs(subject.model, chosen)
+        forget = {**forget, "ref_logprob": reference_logprobs(subject.model, forget), "chosen": chosen}
+    step_times(name, subject, forget, retain if method.uses_retain else [], {"batch_size": REF_ROWS}, 20, 1)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_memory(threads: int) -> list[dict]:
+    rss = {}
+    for name in ("gradient_difference", "npo", "npo_kl", "kl", "dpo"):
+        r = subprocess.run([sys.executable, __file__, "--rss-one", name, "--threads", str(threads)],
+                           capture_output=True, text=True, check=True)
+        rss[name] = float(r.stdout.strip().splitlines()[-1])
+    return [{"method": k, "peak_rss_mb": v, "vs_gd": v / rss["gradient_difference"]} for k, v in rss.items()]
+
+
+def timed(cmd: list[str], runs: int = 5) -> dict:
+    if shutil.which("hyperfine"):
+        with tempfile.NamedTemporaryFile(suffix=".json") as f:
+            subprocess.run(["hyperfine", "-N", "--warmup", "1", "--runs", str(runs), "--export-json", f.name,
+                            " ".join(cmd)], capture_output=True, check=True)
+            res = json.loads(Path(f.name).read_text())["results"][0]
+        return {"median_s": res["median"], "min_s": res["min"], "max_s": res["max"], "tool": "hyperfine"}
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(cmd, capture_output=True, check=True)
+        times.append(time.perf_counter() - start)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "tool": "perf_counter"}
+
+
+def bench_cli(threads: int) -> dict:
+    from unlearn_audit.data.target import save_target, world_target
+    from unlearn_audit.world import build_world, world_config
+
+    tmp = Path(tempfile.mkdtemp())
+    try:
+        reference_subject(tmp / "model")
+        world = build_world(world_config("micro", 0))
+        save_target(world_target(world, world.concepts[0].name), tmp / "target")
+        unlearn = [CLI, "unlearn", "--subject", str(tmp / "model"), "--target", str(tmp / "target"), "--method",
+                   "gradient_ascent", "--param", "steps=20", "--param", "batch_size=4", "--out", str(tmp / "out")]
+        return {"help": timed([CLI, "--help"]), "unlearn_20_steps": timed(unlearn)}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def machine() -> str:
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip", default="", help="comma list of parts to skip: reference,organism,memory,cli")
+    ap.add_argument("--rss-one", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.rss_one:
+        print(peak_rss_one(args.rss_one, args.threads))
+        return
+    skip = set(args.skip.split(","))
+    peak = matmul_peak(args.threads)
+    print(f"## Step time and memory ({machine()}), {args.threads} threads, {time.strftime('%Y-%m-%d')}\n")
+    print(f"fp32 matmul peak (1024^3 torch.mm, median of 20): {peak:.0f} GFLOP/s\n")
+    if "reference" not in skip:
+        print(f"Reference shape (904,832 params; {REF_ROWS} x {REF_LEN} tokens, +retain where used), median of "
+              f"steps 2..{args.steps}, median of {args.repeats} runs:\n")
+        print("| method | step ms | spread ms (max-min of runs) | MFU |")
+        print("|---|---|---|---|")
+        for r in bench_reference(args.threads, args.steps, args.repeats, peak):
+            print(f"| {r['method']} | {r['ms']:.1f} | {r['spread_ms']:.1f} | {r['mfu']:.0%} |")
+        print()
+    if "organism" not in skip:
+        print("Default organism (its forget/retain data, default batch size; MFU counts padded tokens):\n")
+        print("| method | step ms | spread ms | MFU (padded tokens) |")
+        print("|---|---|---|---|")
+        for r in bench_organism(args.threads, args.steps, args.repeats, peak):
+            print(f"| {r['method']} | {r['ms']:.1f} | {r['spread_ms']:.1f} | {r['mfu_upper']:.0%} |")
+        print()
+    if "memory" not in skip:
+        print("Peak RSS of a process unlearning 20 steps on the reference shape:\n")
+        print("| method | peak RSS MB | vs gradient_difference |")
+        print("|---|---|---|")
+        for r in bench_memory(args.threads):
+            print(f"| {r['method']} | {r['peak_rss_mb']:.0f} | {r['vs_gd']:.3f}x |")
+        print()
+    if "cli" not in skip:
+        cli = bench_cli(args.threads)
+        print("CLI wall time (" + cli["help"]["tool"] + ", 5 runs after a warm-up):\n")
+        print("| command | median s | min-max s |")
+        print("|---|---|---|")
+        for k, v in cli.items():
+            print(f"| {k} | {v['median_s']:.2f} | {v['min_s']:.2f}-{v['max_s']:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
