@@ -126,3 +126,22 @@ def test_logit_lens_at_the_last_layer_is_the_models_own_logits(models, family):
         logits = model(ids).logits
         h = record(model, [last], lambda: model(ids))[last]
         torch.testing.assert_close(unembed(model, h), logits, rtol=1e-5, atol=1e-5)
+
+
+def test_run_until_stops_the_forward_and_keeps_gradients(models):
+    from unlearn_audit.subject.sites import run_until
+
+    model, ids = models["llama"], _ids()
+    seen = []
+    handle = model.model.layers[1].register_forward_pre_hook(lambda m, a: seen.append(1))
+    try:
+        h = run_until(model, Site("resid_post", 0), lambda: model(ids))
+    finally:
+        handle.remove()
+    assert seen == [] and h.shape == (2, 9, 32) and h.requires_grad
+    with torch.no_grad():
+        torch.testing.assert_close(h, record(model, [Site("resid_post", 0)], lambda: model(ids))[Site("resid_post", 0)])
+    h.sum().backward()
+    assert model.model.layers[0].mlp.down_proj.weight.grad is not None
+    model.zero_grad(set_to_none=True)
+    assert _no_hooks(model)

@@ -26,7 +26,7 @@ from pydantic import Field
 
 from ..data.encode import encode_texts
 from ..errors import UserInputError
-from ..subject.sites import Site, hooks, module_of, num_layers, token_means
+from ..subject.sites import Site, module_of, num_layers, run_until, token_means
 from .base import FineTuneMethod, FineTuneParams, register_method
 
 
@@ -52,15 +52,9 @@ def rmu_loss(h_forget, target, h_retain, h_frozen, mask_forget, mask_retain, alp
 
 
 def _layer_output(model, layer: int, batch: dict) -> torch.Tensor:
-    """The residual stream leaving ``layer`` (B, T, d), with gradients when enabled."""
-    out = {}
-
-    def keep(x):
-        out["h"] = x
-
-    with hooks(model, {Site("resid_post", layer): keep}):
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    return out["h"]
+    """The residual stream leaving ``layer`` (B, T, d); the layers above it are not run."""
+    return run_until(model, Site("resid_post", layer),
+                     lambda: model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))
 
 
 @register_method("rmu")

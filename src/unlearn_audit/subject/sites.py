@@ -304,6 +304,29 @@ def patched_weights(model, values: Mapping[int, torch.Tensor]) -> Iterator[None]
                 value_vectors(model, layer).copy_(old)
 
 
+class _Stop(Exception):
+    """Raised by :func:`run_until`'s hook to end a forward pass early."""
+
+
+def run_until(model, site: Site, run: Callable[[], object]) -> torch.Tensor:
+    """The activation at ``site`` from ``run()`` (a forward pass of ``model``), stopping the pass
+    right there: the layers after it are never computed. Gradients flow as usual."""
+    out: dict[str, torch.Tensor] = {}
+
+    def stop(x):
+        out["x"] = x
+        raise _Stop
+
+    try:
+        with hooks(model, {site: stop}):
+            run()
+    except _Stop:
+        pass
+    if "x" not in out:
+        raise UserInputError(f"the forward pass never reached {site}")
+    return out["x"]
+
+
 def record(model, sites, run: Callable[[], object]) -> dict[Site, torch.Tensor]:
     """Run ``run()`` (a forward pass of ``model``) and return the activation at each site, detached."""
     out: dict[Site, torch.Tensor] = {}
