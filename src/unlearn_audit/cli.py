@@ -62,6 +62,18 @@ def _table(title: str, columns: list[str], rows: list[list]) -> None:
     console.print(table)
 
 
+def _print_reemergence(results: dict, attack: str = "rtt") -> None:
+    """Under the table: per method, whether relearning revives the original's concept neurons."""
+    from .audits.reemergence import reading
+
+    lines = [reading(name, m["attacks"][attack]["reemergence"]) for name, m in results["methods"].items()
+             if "reemergence" in m["attacks"].get(attack, {})]
+    if any(lines):
+        print(f"concept neurons while relearning ({attack}; Jaccard with the original's top neurons):")
+        for line in filter(None, lines):
+            print("  " + line)
+
+
 def _fmt(x) -> str:
     if x is None:
         return "—"
@@ -287,6 +299,7 @@ def audit_cmd(
         return
     cols, rows = summary_rows(results, attacks)
     _table(f"{', '.join(attacks)} on {unl.name}: '{t.name}'", cols, rows)
+    _print_reemergence(results)
     print(f"run directory: {paths['results'].parent}", file=sys.stderr)
 
 
@@ -349,6 +362,7 @@ def demo_cmd(
         return
     cols, rows = summary_rows(results, attack_list)
     _table(f"unlearning '{results['concept']}' on organism:{preset}@{seed}", cols, rows)
+    _print_reemergence(results)
     print(f"residual knowledge: 0 = as good as the oracle, 1 = nothing removed; demo took "
           f"{results['timings_s']['total']:.0f} s", file=sys.stderr)
     print(f"run directory: {paths['results'].parent}", file=sys.stderr)

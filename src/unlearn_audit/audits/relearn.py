@@ -36,6 +36,7 @@ from ..metrics.qa import EvalSuite
 from ..metrics.recovery import bootstrap_intervals, curve_auc, recovery, residual, steps_to_fraction
 from ..training import TrainConfig, seed_everything, shuffled_minibatches, train
 from .base import AuditParams, register_audit
+from .reemergence import Tracker, concept_probe, saliency
 
 
 class RelearnParams(AuditParams):
@@ -44,6 +45,8 @@ class RelearnParams(AuditParams):
     batch_size: int = Field(16, ge=1)
     seeds: int = Field(1, ge=1, description="Relearning runs with seeds seed..seed+seeds-1; curves are averaged.")
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for the intervals (0: none).")
+    reemergence: bool = Field(True, description="Track concept neurons at every checkpoint (first seed).")
+    top_frac: float = Field(0.02, gt=0, lt=1, description="Fraction of MLP neurons in a model's top concept set.")
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,9 @@ def _train_data(subject, target, attack: Attack):
 
 
 def relearn_curve(subject, train_data, suite: EvalSuite, params: RelearnParams, seed: int,
-                  label: str) -> dict:
-    """Fine-tune a copy of ``subject`` and score ``suite`` at every checkpoint.
+                  label: str, on_checkpoint=None) -> dict:
+    """Fine-tune a copy of ``subject`` and score ``suite`` at every checkpoint (and call
+    ``on_checkpoint(model)`` there, e.g. to track concept neurons).
 
     Returns ``{"steps": [...], "correct": {set: (n_checkpoints, n_items) bool array}}``.
     """
@@ -88,6 +92,8 @@ def relearn_curve(subject, train_data, suite: EvalSuite, params: RelearnParams, 
     def record() -> None:
         for k, s in suite.run(attacked).items():
             correct[k].append(s.correct.numpy())
+        if on_checkpoint is not None:
+            on_checkpoint(model)
 
     if checkpoints[0] == 0:
         record()
@@ -123,9 +129,16 @@ def _run_attack(name: str, original, unlearned: dict, oracle, target, params: Re
         raise UserInputError(f"attack {name!r} needs the target's {', '.join(missing)} QA set")
     data = _train_data(original, target, attack)
     seeds = range(params.seed, params.seed + params.seeds)
+    trackers: dict[str, Tracker] = {}
+    if params.reemergence:
+        probe = concept_probe(original, target, params.top_frac, params.seed)
+        original_scores = saliency(original.model, probe)
 
     def curve(subject, label):
-        return _mean_over_seeds([relearn_curve(subject, data, suite, params, s, f"{label} ({name})") for s in seeds])
+        if params.reemergence:
+            trackers[label] = Tracker(probe, original_scores)
+        return _mean_over_seeds([relearn_curve(subject, data, suite, params, s, f"{label} ({name})",
+                                               trackers.get(label) if s == params.seed else None) for s in seeds])
 
     base = {"original": curve(original, "original")}
     if oracle is not None:
@@ -166,6 +179,10 @@ def _run_attack(name: str, original, unlearned: dict, oracle, target, params: Re
             "recovery_auc": curve_auc(steps, rec),
             "curve": {**describe(c), "recovery": rec, "residual": res},
         }
+        if params.reemergence:
+            summaries = {k: trackers[k].summary() for k in (method, *base)}
+            results[method]["reemergence"] = {"steps": steps, **{
+                key: {k: v[key] for k, v in summaries.items()} for key in summaries[method]}}
     return {"methods": results, "baselines": {k: describe(v) for k, v in base.items()}}
 
 

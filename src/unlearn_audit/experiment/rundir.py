@@ -60,8 +60,9 @@ def curve_rows(results: dict) -> list[dict]:
 
 
 def write_run(out: Path, results: dict) -> dict[str, Path]:
-    """Write results.json, curves.jsonl, curves.csv, relearn.png and patching.png into ``out``."""
-    from ..report.figures import krs_figure, relearn_figure
+    """Write results.json, curves.jsonl, curves.csv and the figures (relearn.png, patching.png,
+    reemergence.png) into ``out``."""
+    from ..report.figures import krs_figure, reemergence_figure, relearn_figure
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -84,4 +85,7 @@ def write_run(out: Path, results: dict) -> dict[str, Path]:
     fig = krs_figure(results, out / "patching.png")
     if fig:
         paths["patching_figure"] = fig
+    fig = reemergence_figure(results, out / "reemergence.png")
+    if fig:
+        paths["reemergence_figure"] = fig
     return paths

@@ -85,3 +85,56 @@ def krs_figure(results: dict, path: Path) -> Path | None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def reemergence_figure(results: dict, path: Path, attack: str = "rtt") -> Path | None:
+    """Concept neurons during relearning (attack ``attack``): the overlap of each model's top
+    concept neurons with the original's, by step, then per model a layer x step heatmap of
+    concept saliency (original and oracle first)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    blocks = {n: m["attacks"][attack]["reemergence"] for n, m in results.get("methods", {}).items()
+              if attack in m.get("attacks", {}) and "reemergence" in m["attacks"][attack]}
+    if not blocks:
+        return None
+    first = next(iter(blocks.values()))
+    steps = first["steps"]
+    series = {k: first["saliency_by_layer"][k] for k in ("original", "oracle") if k in first["saliency_by_layer"]}
+    overlap = {k: first["overlap_with_original"][k] for k in series}
+    for name, b in blocks.items():
+        series[name], overlap[name] = b["saliency_by_layer"][name], b["overlap_with_original"][name]
+    n = len(series) + 1
+    cols = min(n, 6)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols, 2.5 * rows), squeeze=False)
+    ax = axes[0][0]
+    for name, values in overlap.items():
+        style = {"original": ("black", "-"), "oracle": ("grey", "--")}.get(name, (None, "-"))
+        ax.plot(range(len(steps)), values, color=style[0], ls=style[1], marker="o", ms=2, label=name)
+    ax.set_xticks(range(len(steps)), [str(s) for s in steps], fontsize=7)
+    ax.set_title("top neurons ∩ original's (Jaccard)", fontsize=8)
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=5)
+    vmax = max(max(max(row) for row in grid) for grid in series.values()) or 1.0
+    for i, (name, grid) in enumerate(series.items(), start=1):
+        ax = axes[i // cols][i % cols]
+        ax.imshow(_layers_by_step(grid), aspect="auto", origin="lower", vmin=0, vmax=vmax, cmap="viridis")
+        ax.set_title(name, fontsize=8)
+        ax.set_xticks(range(len(steps)), [str(s) for s in steps], fontsize=6)
+        ax.set_ylabel("layer", fontsize=7)
+    for j in range(n, rows * cols):
+        axes[j // cols][j % cols].axis("off")
+    fig.suptitle(f"concept saliency by layer during relearning ({attack})", fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _layers_by_step(grid: list[list[float]]) -> list[list[float]]:
+    """(steps, layers) -> (layers, steps) for imshow."""
+    return [list(col) for col in zip(*grid, strict=True)]
