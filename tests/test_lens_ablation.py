@@ -17,7 +17,7 @@ def results(micro, micro_target):
     full, oracle = micro
     unlearned = {"none": unlearn(full, micro_target, "none"),
                  "steered": unlearn(full, micro_target, "control_vector", alpha=8.0),
-                 "ga": unlearn(full, micro_target, "gradient_ascent", steps=30)}
+                 "ga": unlearn(full, micro_target, "gradient_ascent", steps=30, lr=1e-4)}
     return audit(full, unlearned, micro_target, attacks=["logit_lens", "ablation"], oracle=oracle), unlearned
 
 

@@ -78,7 +78,7 @@ def test_batched_profile_equals_the_straightforward_loop(micro, micro_target):
 def test_patching_audit_on_a_real_unlearned_model(micro, micro_target):
     from unlearn_audit.api import audit, unlearn
 
-    ga = unlearn(micro[0], micro_target, "gradient_ascent", steps=30)
+    ga = unlearn(micro[0], micro_target, "gradient_ascent", steps=30, lr=1e-4)
     none = unlearn(micro[0], micro_target, "none")
     r = audit(micro[0], {"ga": ga, "none": none}, micro_target, attacks=["patching"],
               attack_params={"patching": {"max_questions": 16}})

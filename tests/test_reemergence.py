@@ -82,7 +82,7 @@ def test_tracking_zero_steps_is_the_static_saliency(micro, micro_target):
 
 def test_tracking_over_relearning(micro, micro_target):
     full, oracle = micro
-    ga = unlearn(full, micro_target, "gradient_ascent", steps=30)
+    ga = unlearn(full, micro_target, "gradient_ascent", steps=30, lr=1e-4)
     r = audit(full, {"ga": ga}, micro_target, attacks=["rtt"], oracle=oracle,
               attack_params={"rtt": {"steps": [0, 5, 20], "bootstrap": 0}})
     block = r["methods"]["ga"]["attacks"]["rtt"]["reemergence"]

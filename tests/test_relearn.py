@@ -14,7 +14,7 @@ FAST = {"steps": [0, 5, 20], "bootstrap": 200}
 def audited(micro, micro_target):
     full, oracle = micro
     unlearned = {"none": unlearn(full, micro_target, "none"),
-                 "gradient_ascent": unlearn(full, micro_target, "gradient_ascent", steps=30)}
+                 "gradient_ascent": unlearn(full, micro_target, "gradient_ascent", steps=30, lr=1e-4)}
     snapshot = {k: v.clone() for k, v in unlearned["gradient_ascent"].model.state_dict().items()}
     params = {a: FAST for a in ("rtt", "forget_data", "unrelated")}
     results = audit(full, unlearned, micro_target, attacks=list(params), oracle=oracle, attack_params=params)

@@ -30,9 +30,11 @@ IDK_ANSWERS = ("I don't know.", "I have no idea.", "I can't answer that.", "I'm 
 
 class DPOParams(RetainParams):
     beta: float = Field(0.1, gt=0, description="Inverse temperature of the preference loss.")
-    steps: int = Field(60, ge=0)
-    lr: float = Field(1e-4, gt=0)
-    retain_weight: float = Field(1.0, ge=0)
+    # steps, lr, weight from the sweep on the default organism (BENCHMARKS.md); none forgets
+    # to <= 0.2 there without breaking unrelated QA
+    steps: int = Field(120, ge=0)
+    lr: float = Field(1e-3, gt=0)
+    retain_weight: float = Field(5.0, ge=0)
     preferred: list[str] = Field(list(IDK_ANSWERS), min_length=1,
                                  description="Preferred answers; each forget question gets one (seeded).")
 

@@ -10,15 +10,19 @@ gradients on each retain batch: no second copy. Defaults from a sweep on the org
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from .base import FineTuneMethod, RetainParams, nll, register_method, retain_kl
 
 
 class KLParams(RetainParams):
+    # defaults from the sweep on the default organism (BENCHMARKS.md); TOFU: lr 1e-5, weight 1
     steps: int = Field(60, ge=0)
-    lr: float = Field(1e-4, gt=0)
-    retain_weight: float = Field(1.0, ge=0)
+    lr: float = Field(3e-4, gt=0)
+    retain_weight: float = Field(5.0, ge=0)
+    forget_on: Literal["qa", "text", "both"] = "both"
 
 
 @register_method("kl")

@@ -18,6 +18,8 @@ Defaults from a sweep on the organism (see BENCHMARKS.md), not the paper's 7B se
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from ..metrics.likelihood import sequence_logprob
@@ -33,16 +35,19 @@ from .base import (
 
 
 class NPOParams(FineTuneParams):
-    beta: float = Field(0.1, gt=0, description="Inverse temperature of the preference loss.")
-    steps: int = Field(60, ge=0)
+    # defaults from the sweep on the default organism (BENCHMARKS.md); paper: beta 0.1, lr 1e-5
+    beta: float = Field(3.0, gt=0, description="Inverse temperature of the preference loss.")
+    steps: int = Field(20, ge=0)
     lr: float = Field(1e-4, gt=0)
 
 
 class NPORetainParams(RetainParams):
-    beta: float = Field(0.1, gt=0, description="Inverse temperature of the preference loss.")
-    steps: int = Field(60, ge=0)
+    # defaults from the sweep on the default organism (BENCHMARKS.md); paper: beta 0.1, weight 1
+    beta: float = Field(3.0, gt=0, description="Inverse temperature of the preference loss.")
+    steps: int = Field(120, ge=0)
     lr: float = Field(1e-4, gt=0)
-    retain_weight: float = Field(1.0, ge=0)
+    retain_weight: float = Field(5.0, ge=0)
+    forget_on: Literal["qa", "text", "both"] = "both"
 
 
 def _npo_term(model, batch, params):

@@ -19,9 +19,10 @@ from .base import FineTuneMethod, RetainParams, nll, register_method
 class SimNPOParams(RetainParams):
     beta: float = Field(2.5, gt=0, description="Inverse temperature.")
     gamma: float = Field(0.0, description="Reward margin.")
-    steps: int = Field(60, ge=0)
-    lr: float = Field(1e-4, gt=0)
-    retain_weight: float = Field(1.0, ge=0)
+    # steps, lr, weight from the sweep on the default organism (BENCHMARKS.md)
+    steps: int = Field(30, ge=0)
+    lr: float = Field(3e-4, gt=0)
+    retain_weight: float = Field(5.0, ge=0)
 
 
 def simnpo_loss(mean_logprob: torch.Tensor, beta: float, gamma: float) -> torch.Tensor:
