@@ -1,8 +1,9 @@
 """Hyper-parameter sweep of the fine-tuning methods on the organism.
 
 Picks each method's defaults: among settings whose forget QA accuracy (both halves) is at most
-0.2, the one with the best unrelated QA accuracy; where no setting gets there, the one with the
-largest unrelated-minus-forget accuracy. Every run is appended to a JSONL file (a
+0.2, the one with the best unrelated QA accuracy; where no setting gets there (or, for the
+non-fine-tuning methods, only by breaking the model: unrelated < 0.5), the one with the largest
+unrelated-minus-forget accuracy. Every run is appended to a JSONL file (a
 killed sweep resumes where it stopped); the summary is printed as a Markdown table.
 
     .venv/bin/python benchmarks/sweep_methods.py [--preset default] [--methods npo,kl] [--threads 1]
@@ -35,13 +36,20 @@ GRIDS = {
     "dpo": {"beta": [0.1, 1.0], "lr": [1e-4, 3e-4, 1e-3], "steps": [30, 60, 120], "retain_weight": [1.0, 5.0]},
     "whp": {"lr": [1e-4, 3e-4, 1e-3], "steps": [30, 60]},
     "rmu": {"alpha": [10.0, 100.0, 1200.0], "coeff_scale": [1.0, 4.0], "lr": [1e-3, 3e-3], "steps": [60]},
-    "prune_neurons": {"frac": [0.02, 0.05, 0.1, 0.2], "scope": ["global", "layer"]},
-    "prune_random": {"frac": [0.02, 0.05, 0.1, 0.2]},
+    "prune_neurons": {"frac": [0.02, 0.05, 0.1, 0.2, 0.3, 0.4], "scope": ["global", "layer"], "rounds": [1, 3]},
+    "prune_random": {"frac": [0.02, 0.05, 0.1, 0.2, 0.3, 0.4]},
     "control_vector": {"alpha": [1.0, 2.0, 4.0, 8.0, 16.0], "layer": [1, 2, 3]},
     "memit_empty": {"mom2_weight": [1.0, 10.0, 100.0, 1000.0, 15000.0], "clamp_norm": [0.75, 4.0]},
     "memit_entropy": {"mom2_weight": [1.0, 10.0, 100.0, 1000.0, 15000.0], "clamp_norm": [0.75, 4.0]},
 }
 FORGET_MAX = 0.2
+BROKEN = 0.5
+# The fine-tuning methods follow the rule as stated: forget <= 0.2 with the best unrelated
+# accuracy, even where that breaks the model (it shows they are not selective). The edits and
+# transforms have one strength knob that goes from "nothing" to "everything": for them a
+# setting that forgets by breaking the model (unrelated < 0.5) is no default, and the best
+# unrelated-minus-forget trade-off is picked instead.
+FINE_TUNING = {"gradient_ascent", "npo", "gradient_difference", "kl", "npo_gd", "npo_kl", "simnpo", "dpo", "whp"}
 
 
 def main() -> None:
@@ -97,12 +105,14 @@ def summarise(path: Path) -> None:
         if not mine:
             continue
         ok = [r for r in mine if max(r["forget"], r["forget_heldout"]) <= FORGET_MAX]
+        if name not in FINE_TUNING and ok and max(r["unrelated"] for r in ok) < BROKEN:
+            ok = []
         if ok:
             best = max(ok, key=lambda r: (r["unrelated"], r["retain"]))
         else:  # no setting forgets enough: the best trade-off, unrelated kept minus forget left
             best = max(mine, key=lambda r: r["unrelated"] - max(r["forget"], r["forget_heldout"]))
         setting = ", ".join(f"{k}={v}" for k, v in best["params"].items())
-        flag = "" if ok else " (none reached forget <= 0.2; best unrelated - forget)"
+        flag = "" if ok else " (no selective setting; best unrelated - forget)"
         print(f"| {name} | {len(mine)} | {setting}{flag} | {best['forget']:.2f} | {best['forget_heldout']:.2f} | "
               f"{best['retain']:.2f} | {best['unrelated']:.2f} | {best['forget_completion']:.2f} |")
 

@@ -45,8 +45,8 @@ class WHPParams(MethodParams):
     reinforce_steps: int = Field(30, ge=0)
     reinforce_lr: float = Field(3e-4, gt=0)
     # steps and lr from the sweep on the default organism (BENCHMARKS.md)
-    steps: int = Field(30, ge=0, description="Fine-tuning steps on the generic labels.")
-    lr: float = Field(1e-3, gt=0)
+    steps: int = Field(60, ge=0, description="Fine-tuning steps on the generic labels.")
+    lr: float = Field(3e-4, gt=0)
     batch_size: int = Field(16, ge=1)
     anchors: bool = Field(True, description="Replace anchored terms (entity names) by generic translations.")
 
