@@ -52,8 +52,9 @@ def _table(title: str, columns: list[str], rows: list[list]) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    for c in columns:
-        table.add_column(c, justify="left" if c == columns[0] else "right")
+    for i, c in enumerate(columns):
+        numeric = i > 0 and all(x is None or isinstance(x, int | float) for x in (r[i] for r in rows))
+        table.add_column(c, justify="right" if numeric else "left")
     for r in rows:
         table.add_row(*[_fmt(x) for x in r])
     console = Console()
