@@ -20,7 +20,8 @@ from .errors import UserInputError
 from .subject.organism import organism_world
 from .subject.subject import Subject
 
-DEFAULT_ATTACKS = ("rtt", "forget_data", "unrelated", "patching", "logit_lens", "ablation")
+DEFAULT_ATTACKS = ("rtt", "forget_data", "unrelated", "patching", "logit_lens", "ablation", "probe", "concept_vectors",
+                   "quantize", "mia", "weight_distance")  # in_context: --attacks all (or by name)
 AGREEMENT_SETS = ("forget", "forget_heldout", "unrelated")
 
 

@@ -6,7 +6,8 @@ import importlib
 
 from .base import AUDITS, AuditParams, AuditSpec, audit_names, get_audit, register_audit
 
-_MODULES = ("relearn", "patching", "logit_lens", "ablation")
+_MODULES = ("relearn", "patching", "logit_lens", "ablation", "probe", "concept_vectors", "in_context", "quantize",
+            "mia", "weight_distance")
 
 
 def _load_all() -> None:

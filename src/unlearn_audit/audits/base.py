@@ -9,10 +9,11 @@ names (relearning registers ``rtt``, ``forget_data`` and ``unrelated``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..errors import UserInputError
@@ -59,6 +60,15 @@ def get_audit(name: str) -> AuditSpec:
     if name not in AUDITS:
         raise UserInputError(f"unknown attack {name!r}; choose one of: {', '.join(AUDITS)}")
     return AUDITS[name]
+
+
+def sample_items(items: Sequence, n: int | None, seed: int) -> list:
+    """At most ``n`` of ``items`` (a seeded sample, in their original order); all when ``n`` is None."""
+    items = list(items)
+    if n is None or len(items) <= n:
+        return items
+    g = torch.Generator().manual_seed(seed)
+    return [items[i] for i in sorted(torch.randperm(len(items), generator=g)[:n].tolist())]
 
 
 def audit_names() -> list[str]:

@@ -51,7 +51,7 @@ from ..errors import UserInputError
 from ..metrics.generation import greedy_continuations
 from ..subject.sites import Site, hooks, num_layers, patched_weights, record, value_vectors
 from ..world import QA
-from .base import AuditParams, register_audit
+from .base import AuditParams, register_audit, sample_items
 
 INTERVENTIONS = ("coefficients", "value_vectors", "attention", "coefficients+attention")
 _SITES = {"coefficients": ("mlp_coefficients",), "attention": ("attn_out",),
@@ -290,18 +290,11 @@ def best(profile: dict) -> float | None:
     return max(values) if values else None
 
 
-def _sample(items: list[QA], n: int | None, seed: int) -> list[QA]:
-    if n is None or len(items) <= n:
-        return items
-    g = torch.Generator().manual_seed(seed)
-    return [items[i] for i in sorted(torch.randperm(len(items), generator=g)[:n].tolist())]
-
-
 @register_audit("patching", PatchingParams,
                 "restore vanilla MLP coefficients / value vectors / attention by layer window (KRS, Hong et al. 2024)")
 def run_patching(original, unlearned: dict, oracle, target, params: PatchingParams) -> dict:
-    forget = _sample([q for q in target.all_forget_qa if q.kind == "qa"], params.max_questions, params.seed)
-    unrelated = _sample([q for q in target.unrelated_qa if q.kind == "qa"], params.max_questions, params.seed)
+    forget = sample_items([q for q in target.all_forget_qa if q.kind == "qa"], params.max_questions, params.seed)
+    unrelated = sample_items([q for q in target.unrelated_qa if q.kind == "qa"], params.max_questions, params.seed)
     pool = target.all_forget_qa + target.retain_qa + target.unrelated_qa
     results = {}
     for name, subject in unlearned.items():

@@ -16,6 +16,8 @@ Targets come from the built-in world (``world:<concept>[@<seed>]``, or
 - ``retain.jsonl`` (required): same;
 - ``forget_heldout.jsonl`` (optional): QA; otherwise a seeded half of the forget QA;
 - ``unrelated.jsonl`` (optional): QA (and text, used for perplexity);
+- ``holdout.jsonl`` (optional): texts like the forget texts that no model was trained on (the
+  non-members of the membership-inference attack ``mia``);
 - any other ``<name>.jsonl``: an extra evaluation set of QA lines (a line may carry
   ``"kind": "completion"`` for a raw prefix -> continuation item);
 - ``target.json`` (optional): ``{"name": ...}``.
@@ -31,11 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserInputError
-from ..world import QA, World, build_world, world_config
+from ..world import QA, World, build_world, holdout_entities, world_config
 from ..world.render import bios as render_bios
 from ..world.render import completions, concept_texts, qa_pairs, sentences
 
-KNOWN_FILES = ("forget", "retain", "forget_heldout", "unrelated")
+KNOWN_FILES = ("forget", "retain", "forget_heldout", "unrelated", "holdout")
 
 
 @dataclass
@@ -49,6 +51,7 @@ class Target:
     unrelated_qa: list[QA] = field(default_factory=list)
     unrelated_text: list[str] = field(default_factory=list)
     extra_eval: dict[str, list[QA]] = field(default_factory=dict)
+    holdout_text: list[str] = field(default_factory=list)  # forget-like texts no model saw (MIA non-members)
     # where it came from: {"world": {...config...}, "concept": name} or {"path": dir}
     source: dict = field(default_factory=dict)
 
@@ -75,6 +78,7 @@ class Target:
             "retain_text": len(self.retain_text),
             "retain_qa": len(self.retain_qa),
             "unrelated_qa": len(self.unrelated_qa),
+            "holdout_text": len(self.holdout_text),
             **{k: len(v) for k, v in self.extra_eval.items()},
         }
 
@@ -88,7 +92,8 @@ def world_target(world: World, concept: str) -> Target:
     entity into the RTT train half and held-out half. retain: texts and QA about the *train*
     half of every other concept; unrelated: QA about the *held-out* half of every other concept
     (never shown to a method). Extra sets: the evaluation-only question phrasing and sentence
-    completions, for forget and unrelated entities.
+    completions, for forget and unrelated entities. Holdout texts: the sentences and bios of as
+    many new entities of the concept as it has, in no corpus (:func:`holdout_entities`).
     """
     c = world.concept(concept)
     ents = world.entities
@@ -107,6 +112,9 @@ def world_target(world: World, concept: str) -> Target:
         return [q for n in names for q in completions(ents[n])]
 
     forget_entities = list(c.train_entities) + list(c.heldout_entities)
+    holdout_rng = random.Random(f"{world.config.seed}-{c.name}-holdout-bios")
+    holdout = [t for e in holdout_entities(world, c.name)
+               for t in sentences(e) + render_bios(e, world.config.bios_per_entity, holdout_rng)]
     return Target(
         name=c.name,
         forget_text=forget_text,
@@ -125,6 +133,7 @@ def world_target(world: World, concept: str) -> Target:
         source={"world": {"seed": world.config.seed, "n_concepts": world.config.n_concepts,
                           "entities_per_concept": world.config.entities_per_concept},
                 "concept": c.name},
+        holdout_text=holdout,
     )
 
 
@@ -223,6 +232,7 @@ def _load_target_dir(path: Path, seed: int) -> Target:
     unrelated_text, unrelated_qa = ([], [])
     if (path / "unrelated.jsonl").is_file():
         unrelated_text, unrelated_qa = _read_jsonl(path / "unrelated.jsonl")
+    holdout_text = _read_jsonl(path / "holdout.jsonl")[0] if (path / "holdout.jsonl").is_file() else []
     extra = {}
     for f in sorted(path.glob("*.jsonl")):
         if f.stem not in KNOWN_FILES:
@@ -236,7 +246,7 @@ def _load_target_dir(path: Path, seed: int) -> Target:
         except (json.JSONDecodeError, AttributeError):
             raise UserInputError(f"{path}/target.json must be a JSON object like {{\"name\": ...}}") from None
     return Target(name, forget_text, forget_qa, heldout_qa, retain_text, retain_qa,
-                  unrelated_qa, unrelated_text, extra, {"path": str(path.resolve())})
+                  unrelated_qa, unrelated_text, extra, holdout_text, {"path": str(path.resolve())})
 
 
 def write_jsonl(path: Path, texts: list[str], qas: list[QA]) -> None:
@@ -257,6 +267,8 @@ def save_target(target: Target, out: Path) -> None:
     write_jsonl(out / "forget_heldout.jsonl", [], target.forget_heldout_qa)
     write_jsonl(out / "retain.jsonl", target.retain_text, target.retain_qa)
     write_jsonl(out / "unrelated.jsonl", target.unrelated_text, target.unrelated_qa)
+    if target.holdout_text:
+        write_jsonl(out / "holdout.jsonl", target.holdout_text, [])
     for name, items in target.extra_eval.items():
         write_jsonl(out / f"{name}.jsonl", [], items)
     (out / "target.json").write_text(json.dumps({"name": target.name, **target.source}, indent=2) + "\n",

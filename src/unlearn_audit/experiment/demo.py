@@ -69,20 +69,27 @@ def run_demo(preset: str = "default", seed: int = 0, methods: list[str] | None =
     return results, paths
 
 
+# attacks whose table column is not residual/recovery: attack -> (result key, column label)
+HEADLINES = {"patching": ("recovery", "KRS"), "weight_distance": ("relative_change", "rel. Δw")}
+
+
 def summary_rows(results: dict, attacks: list[str]) -> tuple[list[str], list[list]]:
-    """The demo table: accuracies, then per attack its residual knowledge (its recovery when
-    there is no oracle or the attack has no residual, e.g. patching's best KRS)."""
+    """The demo table: accuracies, then one column per attack: its residual knowledge (its
+    recovery when there is no oracle or the attack has no residual), or the attack's own
+    headline number (:data:`HEADLINES`: patching's best KRS, weight_distance's relative change)."""
     has_oracle = bool(results.get("oracle"))
     methods = results["methods"].values()
 
     def key(attack):
+        if attack in HEADLINES:
+            return HEADLINES[attack][0]
         if has_oracle and any(m["attacks"].get(attack, {}).get("residual") is not None for m in methods):
             return "residual"
         return "recovery"
 
     keys = {a: key(a) for a in attacks}
     cols = ["model", "forget", "held-out", "forget compl.", "retain", "unrelated"]
-    cols += [f"{a} {'KRS' if a == 'patching' else keys[a]}" for a in attacks]
+    cols += [f"{a} {HEADLINES[a][1] if a in HEADLINES else keys[a]}" for a in attacks]
     margin = "rtt" in attacks and "unrelated" in attacks
     if margin:
         cols.append(f"rtt − unrelated {keys['rtt']}")
@@ -93,7 +100,9 @@ def summary_rows(results: dict, attacks: list[str]) -> tuple[list[str], list[lis
 
     rows = [["original", *accs(results["original"])] + [None] * (len(cols) - 6)]
     if has_oracle:
-        rows.append(["oracle", *accs(results["oracle"])] + [None] * (len(cols) - 6))
+        baselines = results.get("baselines", {})
+        own = [baselines.get(a, {}).get("oracle", {}).get(keys[a]) if a in HEADLINES else None for a in attacks]
+        rows.append(["oracle", *accs(results["oracle"]), *own] + [None] * (len(cols) - 6 - len(attacks)))
     for name, m in results["methods"].items():
         row = [name, *accs(m), *[m["attacks"].get(a, {}).get(keys[a]) for a in attacks]]
         if margin:

@@ -41,7 +41,7 @@ def curve_rows(results: dict) -> list[dict]:
     rows = []
     for attack, base in results.get("baselines", {}).items():
         for model, c in base.items():
-            if "steps" not in c:  # not a relearning curve (e.g. logit lens by layer)
+            if not isinstance(c, dict) or "steps" not in c:  # not a relearning curve (e.g. logit lens by layer)
                 continue
             for i, step in enumerate(c["steps"]):
                 rows.append({"attack": attack, "model": model, "step": step, "acc": c["acc"][i],

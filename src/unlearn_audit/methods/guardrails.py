@@ -25,6 +25,7 @@ import torch
 from pydantic import Field
 
 from ..data.encode import encode_qa, encode_texts
+from ..metrics.linear import fit_logistic
 from ..metrics.qa import EvalSuite
 from ..subject.interventions import EmbeddingCorruption
 from .base import Method, MethodParams, register_method
@@ -65,22 +66,6 @@ def mean_embeddings(model, data: dict, pad_token_id: int | None) -> torch.Tensor
     mask = data["attention_mask"].to(emb.weight.device, emb.weight.dtype)
     e = emb(ids)                                                     # (N, T, d)
     return ((e * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)).float().cpu()
-
-
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float, steps: int = 200) -> tuple[torch.Tensor, float]:
-    """L2-regularised logistic regression by L-BFGS on standardised-free inputs; returns (w, b)."""
-    w = torch.zeros(x.shape[1], requires_grad=True)
-    b = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y) + l2 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return w.detach(), float(b.detach())
 
 
 @register_method("eco")

@@ -9,8 +9,9 @@ from .world import (
            World,
            WorldConfig,
            build_world,
+           holdout_entities,
            world_config,
 )
 
-__all__ = ["QA", "Concept", "Entity", "Fact", "World", "WorldConfig", "build_world", "world_config", "WORLD_PRESETS",
+__all__ = ["QA", "Concept", "Entity", "Fact", "World", "WorldConfig", "build_world", "holdout_entities", "world_config", "WORLD_PRESETS",
            "completions", "concept_documents", "corpus", "qa_pairs", "sentences"]

@@ -164,3 +164,28 @@ def build_world(config: WorldConfig | None = None) -> World:
             heldout_entities=tuple(order[half:]),
         ))
     return World(config, tuple(concepts), entities)
+
+
+def holdout_entities(world: World, concept: str, n: int | None = None) -> list[Entity]:
+    """``n`` (default: as many as the concept has) new entities of ``concept`` that are in no
+    corpus: fresh names, the concept's cities, values from the shared vocabularies; the same
+    every call (seeded by the world seed and the concept). Non-members for membership inference.
+    """
+    c = world.concept(concept)
+    rng = random.Random(f"{world.config.seed}-{c.name}-holdout")
+    names = _NameMaker(rng)
+    names.used = {part for name in world.entities for part in name.split()} | set(world.concept_names) | {
+        city for other in world.concepts for city in other.cities}
+    out = []
+    for _ in range(len(c.entities) if n is None else n):
+        person = f"{names.make(2)} {names.make(2)}"
+        attrs: dict[str, str] = {}
+        for attr, vocab in SHARED_VOCABULARIES.items():
+            if attr == "concept":
+                attrs[attr] = c.name
+            elif attr == "birthplace":
+                attrs[attr] = rng.choice(c.cities)
+            else:
+                attrs[attr] = rng.choice(vocab)
+        out.append(Entity(person, c.name, attrs))
+    return out
