@@ -39,7 +39,7 @@ def _no_hooks(model):
 @pytest.fixture(scope="module")
 def ga(micro, micro_target):
     """Gradient ascent, short: forget QA partly gone (about a third left)."""
-    return unlearn(micro[0], micro_target, "gradient_ascent", steps=30)
+    return unlearn(micro[0], micro_target, "gradient_ascent", steps=30, lr=1e-4)
 
 
 # ----------------------------------------------------------------------------- probes
