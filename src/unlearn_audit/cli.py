@@ -15,6 +15,18 @@ from typing import Annotated
 
 import typer
 
+from .cli_experiments import register as register_experiment_commands
+from .cli_output import (
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    PresetOpt,
+    SeedOpt,
+    ThreadsOpt,
+    emit_json,
+    table,
+)
+
 app = typer.Typer(
     name="unlearn-audit",
     help="Audit whether an unlearned language model has really lost a concept or only hides it.",
@@ -28,46 +40,12 @@ app.add_typer(world_app, name="world")
 app.add_typer(organism_app, name="organism")
 
 _state = {"debug": False}
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout instead of a table.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the world, initialisation and data order.")]
-PresetOpt = Annotated[str, typer.Option("--preset", help="micro (seconds, tests), default (~1.2M params) or large.")]
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads (default: all cores).")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, else float32), float32, bfloat16, float16.")]
+_emit_json, _table = emit_json, table
 
 
 @app.callback()
 def _root(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False) -> None:
     _state["debug"] = debug
-
-
-def _emit_json(doc) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2, default=float) + "\n")
-    sys.stdout.flush()
-
-
-def _table(title: str, columns: list[str], rows: list[list]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    for c in columns:
-        table.add_column(c, justify="left" if c == columns[0] else "right")
-    for r in rows:
-        table.add_row(*[_fmt(x) for x in r])
-    console = Console()
-    if not console.is_terminal:  # piped or redirected: don't squeeze the table into 80 columns
-        console = Console(width=200)
-    console.print(table)
-
-
-def _fmt(x) -> str:
-    if x is None:
-        return "—"
-    if isinstance(x, float):
-        return f"{x:.3f}"
-    return str(x)
 
 
 # ----------------------------------------------------------------------------- world
@@ -266,8 +244,9 @@ def audit_cmd(
     """Attack an unlearned model and measure recovery (and residual knowledge with --oracle)."""
     from .api import audit, target_for
     from .audits import audit_names, get_audit
-    from .experiment.demo import parse_list, summary_rows
+    from .experiment.demo import parse_list
     from .experiment.rundir import write_run
+    from .report.tables import summary_rows
     from .subject import load_subject
 
     attacks = parse_list(name, (), audit_names(), "attack")
@@ -329,29 +308,35 @@ def demo_cmd(
     seed: SeedOpt = 0,
     out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/demo-<preset>-s<seed>).")] = None,
     seeds: Annotated[int, typer.Option("--seeds", help="Relearning runs per model (curves averaged; tighter intervals).")] = 1,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Recompute every cell instead of reusing finished ones.")] = False,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Forget one concept of the organism with every method and attack each one."""
     from .api import DEFAULT_ATTACKS
     from .audits import audit_names
-    from .experiment.demo import DEMO_METHODS, parse_list, run_demo, summary_rows
+    from .experiment.demo import DEMO_METHODS, parse_list, run_demo
     from .methods import method_names
+    from .report.tables import summary_rows
 
     method_list = parse_list(methods, DEMO_METHODS, method_names(), "method")
     attack_list = parse_list(attacks, DEFAULT_ATTACKS, audit_names(), "attack")
     if seeds < 1:
         from .errors import UserInputError
         raise UserInputError(f"--seeds must be >= 1, not {seeds}")
-    results, paths = run_demo(preset, seed, method_list, attack_list, out, threads, seeds)
+    results, paths = run_demo(preset, seed, method_list, attack_list, out, threads, seeds, fresh)
     if as_json:
         _emit_json({**results, "run_dir": str(paths["results"].parent)})
-        return
-    cols, rows = summary_rows(results, attack_list)
-    _table(f"unlearning '{results['concept']}' on organism:{preset}@{seed}", cols, rows)
-    print(f"residual knowledge: 0 = as good as the oracle, 1 = nothing removed; demo took "
-          f"{results['timings_s']['total']:.0f} s", file=sys.stderr)
-    print(f"run directory: {paths['results'].parent}", file=sys.stderr)
+    else:
+        cols, rows = summary_rows(results, attack_list)
+        _table(f"unlearning '{results['concept']}' on organism:{preset}@{seed}", cols, rows)
+        print(f"residual knowledge: 0 = as good as the oracle, 1 = nothing removed; computing it took "
+              f"{results['timings_s']['total']:.0f} s", file=sys.stderr)
+        print(f"run directory: {paths['results'].parent}", file=sys.stderr)
+    print(f"report: {paths['report']}", file=sys.stderr)
+
+
+register_experiment_commands(app)
 
 
 def main(argv: list[str] | None = None) -> int:
