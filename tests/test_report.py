@@ -64,6 +64,33 @@ def test_report_command(evil_run):
     assert r.returncode == 2 and "has no results.json" in r.stderr
 
 
+def test_two_targets(micro, cache_dir, tmp_path):
+    """Several targets: results.json maps each concept to a document of the usual shape, each
+    also gets its own run directory, the tidy table and the report cover both."""
+    import sqlite3
+
+    os.environ["UNLEARN_AUDIT_CACHE"] = str(cache_dir)
+    world = organism_world(micro[0])
+    save_target(world_target(world, world.concepts[1].name), tmp_path / "second")
+    exp = parse_experiment({"subject": {"organism": "micro"}, "targets": ["world:0", str(tmp_path / "second")],
+                            "methods": {"gradient_ascent": {"steps": 1}}, "attacks": ["logit_lens"],
+                            "out": str(tmp_path / "run"), "agreement": False, "threads": 2})
+    run = run_experiment(exp)
+    names = [c.name for c in world.concepts[:2]]
+    assert run.results["concepts"] == names and len(run.computed) == 2
+    first, second = (run.results["targets"][n] for n in names)
+    assert first["oracle"] is not None and second["oracle"] is None  # auto: an oracle for world targets only
+    assert second["methods"]["gradient_ascent"]["attacks"]["logit_lens"]["residual"] is None
+    for i, doc in enumerate((first, second)):
+        on_disk = json.loads((tmp_path / "run" / "targets" / f"{i}-{doc['concept']}" / "results.json").read_text())
+        assert set(on_disk) >= {"subject", "concept", "original", "oracle", "methods", "timings_s"}
+    con = sqlite3.connect(tmp_path / "run" / "results.sqlite")
+    assert sorted(r[0] for r in con.execute("SELECT DISTINCT target FROM results")) == sorted(names)
+    con.close()
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert html.count("<h2>Concept: ") == 2 and (tmp_path / "run" / "figures" / "1-tradeoff.svg").is_file()
+
+
 def test_best_value_per_column_ignores_references_and_none():
     cols = ["model", "forget", "retain", "rtt residual"]
     rows = [["original", 1.0, 1.0, None], ["oracle", 0.0, 1.0, None], ["none", 1.0, 1.0, 1.0],

@@ -22,7 +22,7 @@ def enabled() -> bool:
 def log(message: str) -> None:
     """A line on stderr; ``message`` may use rich markup, so pass user text through :func:`plain`."""
     if enabled():
-        console.print(message, highlight=False)
+        console.print(message, highlight=False, soft_wrap=True)  # a log file gets whole lines
 
 
 def plain(text) -> str:

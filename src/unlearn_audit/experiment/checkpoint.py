@@ -3,7 +3,7 @@
 Layout of a run directory (besides the results and the report)::
 
     manifest.json        config hash, the normalised config, versions, one entry per session
-    experiment.yaml      the experiment file exactly as given
+    experiment.yaml      the experiment file exactly as given (a YAML dump when built in Python)
     cells/<method>-<key>.json     one finished cell each
     shared/<target>-s<seed>-<key>.json  original/oracle evaluation and attack references
 
@@ -147,9 +147,12 @@ def prepare(out: Path, exp: Experiment, source_text: str | None, fresh: bool, on
                             {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "pid": os.getpid(),
                              "argv": sys.argv[1:], "versions": versions()}]
     write_json_atomic(path, manifest)
-    if source_text is not None:
-        (out / ".experiment.yaml.tmp").write_text(source_text, encoding="utf-8")
-        os.replace(out / ".experiment.yaml.tmp", out / "experiment.yaml")
+    if source_text is None:  # built in Python: keep what was asked for, in the file's format
+        import yaml
+
+        source_text = yaml.safe_dump(exp.model_dump(exclude_defaults=True), sort_keys=False)
+    (out / ".experiment.yaml.tmp").write_text(source_text, encoding="utf-8")
+    os.replace(out / ".experiment.yaml.tmp", out / "experiment.yaml")
     for d in ("cells", "shared"):  # temp files of a killed process
         for stale in (out / d).glob(".*") if (out / d).is_dir() else ():
             stale.unlink(missing_ok=True)

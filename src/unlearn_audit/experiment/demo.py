@@ -56,12 +56,9 @@ def run_demo(preset: str = "default", seed: int = 0, methods: list[str] | None =
 
     Returns the results (``results.json`` content) and the paths written (``report`` among them).
     """
-    import yaml
-
     from .runner import run_experiment
 
     exp = demo_experiment(preset, seed, methods, attacks, out, threads, seeds)
-    text = yaml.safe_dump(exp.model_dump(exclude_defaults=True), sort_keys=False)
     extra = {"demo": {"preset": preset, "seed": seed, "methods": list(exp.methods), "attacks": list(exp.attacks)}}
-    run = run_experiment(exp, text, fresh=fresh, on_change="fresh", extra=extra)
+    run = run_experiment(exp, fresh=fresh, on_change="fresh", extra=extra)
     return run.results, run.paths

@@ -74,6 +74,7 @@ def relearn_plot(results: dict, attacks: list[str] | None = None):
     axes[0][0].set_ylabel("QA accuracy")
     axes[0][-1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle(f"relearning '{plain(results.get('concept', ''))}'", fontsize=11)
+    fig.subplots_adjust(top=0.8, wspace=0.12)  # room for the title above the panels' own
     return fig
 
 
