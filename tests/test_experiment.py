@@ -74,6 +74,7 @@ def reference(micro, env, tmp_path_factory):
     ({"attacks": {"relearn": {}}}, "unknown attack 'relearn'; choose from: rtt, forget_data, unrelated"),
     ({"target": "world:"}, "targets.0: bad target 'world:'"),
     ({"target": "no/such/dir"}, "targets.0: 'no/such/dir' is neither world:<concept> nor a directory"),
+    ({"seeds": [0, 1, 0]}, "seeds: a seed is listed twice: [0, 1, 0]"),
 ])
 def test_config_errors_name_the_key_and_the_choices(change, message):
     with pytest.raises(UserInputError) as e:

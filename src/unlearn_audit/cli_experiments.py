@@ -116,6 +116,7 @@ def compare_cmd(
     from .report.tables import compare_rows
 
     rows = compare_rows(load_results(run_a), load_results(run_b))
+    total, differ = len(rows), sum(1 for r in rows if r["a"] != r["b"])
     if changed:
         rows = [r for r in rows if r["a"] != r["b"]]
     if as_json:
@@ -123,8 +124,7 @@ def compare_cmd(
         return
     table(f"A = {run_a}, B = {run_b}", ["target", "model", "metric", "A", "B", "B − A"],
           [[r["target"], r["model"], r["metric"], r["a"], r["b"], r["diff"]] for r in rows])
-    differ = sum(1 for r in rows if r["a"] != r["b"])
-    print(f"{differ} of {len(rows)} numbers differ", file=sys.stderr)
+    print(f"{differ} of {total} numbers differ", file=sys.stderr)
 
 
 def register(app: typer.Typer) -> None:

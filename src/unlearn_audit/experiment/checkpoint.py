@@ -69,7 +69,8 @@ def shared_key(exp: Experiment, target: str, seed: int) -> str:
     from ..audits import get_audit
 
     attacks = {a: get_audit(a).params(s).model_dump(exclude={"seed"}) for a, s in exp.attacks.items()}
-    return digest({"subject": exp.subject.model_dump(), "target": target, "seed": seed, "attacks": attacks})[:20]
+    return digest({"subject": exp.subject.model_dump(), "target": target, "seed": seed, "attacks": attacks,
+                   "agreement": exp.agreement})[:20]
 
 
 def shared_path(out: Path, exp: Experiment, target: str, seed: int) -> Path:

@@ -34,7 +34,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ..errors import UserInputError
 
-DEFAULT_ATTACKS = ("rtt", "forget_data", "unrelated", "patching", "logit_lens", "ablation")
+
+def _default_attacks() -> dict[str, dict]:
+    from ..api import DEFAULT_ATTACKS
+
+    return {a: {} for a in DEFAULT_ATTACKS}
 
 
 class SubjectConfig(BaseModel):
@@ -79,7 +83,7 @@ class Experiment(BaseModel):
     subject: SubjectConfig = Field(default_factory=SubjectConfig)
     targets: list[str] = Field(default_factory=lambda: ["world:0"], min_length=1)
     methods: dict[str, dict[str, Any]] = Field(min_length=1)
-    attacks: dict[str, dict[str, Any]] = Field(default_factory=lambda: {a: {} for a in DEFAULT_ATTACKS})
+    attacks: dict[str, dict[str, Any]] = Field(default_factory=_default_attacks)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     agreement: bool = Field(True, description="Also score every model's greedy answers against the original's "
                             "(ROUGE-L, BLEU): one generation per QA set and model, the costliest part of evaluating.")
@@ -151,6 +155,10 @@ def parse_experiment(data: dict, where: str = "experiment") -> Experiment:
     except ValidationError as e:
         raise UserInputError(f"{where}: {_describe(e, Experiment)}") from None
     _check_names_and_params(exp, where)
+    try:
+        expand(exp)  # duplicate seeds or setting names
+    except UserInputError as e:
+        raise UserInputError(f"{where}: {e}") from None
     return exp
 
 
@@ -281,7 +289,7 @@ def expand(exp: Experiment) -> list[Cell]:
         for seed in exp.seeds:
             for method, grid in exp.methods.items():
                 settings = method_settings(method, grid)
-                varying = [k for k, v in grid.items() if len({format_value(s[k]) for s in settings}) > 1]
+                varying = [k for k in grid if len({format_value(s[k]) for s in settings}) > 1]
                 for values in settings:
                     params = _validated_method_params(method, values, seed=seed)
                     shown = [f"{k}={format_value(params[k])}" for k in varying]
@@ -289,7 +297,8 @@ def expand(exp: Experiment) -> list[Cell]:
                         shown.append(f"seed={seed}")
                     setting = f"{method}[{','.join(shown)}]" if shown else method
                     key = digest({"subject": exp.subject.model_dump(), "target": target, "method": method,
-                                  "params": params, "seed": seed, "attacks": attacks})[:20]
+                                  "params": params, "seed": seed, "attacks": attacks,
+                                  "agreement": exp.agreement})[:20]
                     cells.append(Cell(target, method, params, setting, seed, key))
     seen: dict[tuple[str, str], Cell] = {}
     for c in cells:
