@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from . import progress
@@ -77,47 +77,86 @@ def _check_compatible(original: Subject, others: Mapping[str, Subject | None]) -
                                  "models token by token, so give models that share one tokenizer")
 
 
+def attack_specs(attacks: Sequence[str], attack_params: Mapping[str, Mapping[str, Any]] | None = None):
+    """``[(spec, validated params)]`` for attack names and per-attack parameter overrides."""
+    from .audits import get_audit
+
+    specs = [get_audit(a) for a in attacks]
+    return [(s, s.params((attack_params or {}).get(s.name))) for s in specs]
+
+
+def references(original: Subject, target: Target, attacks: Sequence[str] = DEFAULT_ATTACKS,
+               oracle: Subject | None = None, attack_params: Mapping[str, Mapping[str, Any]] | None = None,
+               evaluator: Evaluator | None = None) -> dict:
+    """What every unlearned model audited on ``target`` shares, computed once: the evaluation of
+    the original and the oracle, and per attack its references (e.g. the relearning curves of
+    original and oracle). JSON values only, so an experiment can store them and reuse them when
+    it resumes. Pass the result to :func:`audit` as ``shared``.
+    """
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    evaluator = evaluator or Evaluator(original, target)
+    out: dict[str, Any] = {"subject": original.name, "concept": target.name,
+                           "original": evaluator(original),
+                           "oracle": evaluator(oracle) if oracle is not None else None, "attacks": {}}
+    timings["evaluate"] = time.perf_counter() - start
+    for spec, params in attack_specs(attacks, attack_params):
+        if spec.references is not None:
+            start = time.perf_counter()
+            out["attacks"][spec.name] = spec.references(original, oracle, target, params)
+            timings[f"{spec.name} references"] = time.perf_counter() - start
+    out["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
+    return out
+
+
 def audit(original: Subject, unlearned: Subject | Mapping[str, Subject], target: Target,
           attacks: Sequence[str] = DEFAULT_ATTACKS, oracle: Subject | None = None,
           attack_params: Mapping[str, Mapping[str, Any]] | None = None,
-          evaluator: Evaluator | None = None) -> dict:
+          evaluator: Evaluator | None = None, shared: dict | None = None,
+          on_attack: Callable[[str], None] | None = None) -> dict:
     """Evaluate original, oracle and unlearned subjects and run ``attacks`` on them.
 
     Args:
         unlearned: one subject, or several by method name.
         attack_params: per attack name, parameter overrides (e.g. ``{"rtt": {"lr": 1e-4}}``).
+        shared: the result of :func:`references` for the same original, oracle, target, attacks
+            and parameters (computed here when not given).
+        on_attack: called with each attack's name as it starts (progress displays).
     Returns:
         A dict with the keys of ``results.json``: subject, concept, original, oracle, methods
         (each with its accuracies and ``attacks``), baselines (original/oracle curves per
         attack), timings_s.
     """
-    from .audits import get_audit
-
     if isinstance(unlearned, Subject):
         unlearned = {unlearned.info.get("method", {}).get("name", "unlearned"): unlearned}
     _check_compatible(original, {**unlearned, "the oracle": oracle})
-    specs = [get_audit(a) for a in attacks]
-    params = {s.name: s.params((attack_params or {}).get(s.name)) for s in specs}
+    specs = attack_specs(attacks, attack_params)  # validate before any work
     timings: dict[str, float] = {}
+    evaluator = evaluator or Evaluator(original, target)
+    if shared is None:
+        shared = references(original, target, attacks, oracle, attack_params, evaluator)
+        timings.update(shared["timings_s"])
 
     start = time.perf_counter()
-    evaluator = evaluator or Evaluator(original, target)
     results: dict[str, Any] = {
         "subject": original.name, "concept": target.name,
-        "original": evaluator(original),
-        "oracle": evaluator(oracle) if oracle is not None else None,
+        "original": shared["original"], "oracle": shared["oracle"],
         "methods": {name: {**evaluator(s), "params": s.info.get("method", {}).get("params"), "attacks": {}}
                     for name, s in unlearned.items()},
         "baselines": {},
     }
-    timings["evaluate"] = time.perf_counter() - start
-    for spec in specs:
+    timings["evaluate"] = timings.get("evaluate", 0.0) + time.perf_counter() - start
+    for spec, params in specs:
+        if on_attack is not None:
+            on_attack(spec.name)
         start = time.perf_counter()
-        out = spec.run(original, dict(unlearned), oracle, target, params[spec.name])
+        extra = {"references": shared["attacks"][spec.name]} if spec.references is not None else {}
+        out = spec.run(original, dict(unlearned), oracle, target, params, **extra)
         for name, r in out["methods"].items():
             results["methods"][name]["attacks"][spec.name] = r
         results["baselines"][spec.name] = out.get("baselines", {})
-        timings[spec.name] = time.perf_counter() - start
+        timings[spec.name] = timings.get(f"{spec.name} references", 0.0) + time.perf_counter() - start
+        timings.pop(f"{spec.name} references", None)
         progress.log(f"  {spec.name}: {timings[spec.name]:.1f} s")
     results["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     return results

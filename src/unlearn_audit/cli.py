@@ -15,6 +15,19 @@ from typing import Annotated
 
 import typer
 
+from .cli_experiments import register as register_experiment_commands
+from .cli_output import (
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    PresetOpt,
+    SeedOpt,
+    ThreadsOpt,
+    emit_json,
+    print_reemergence,
+    table,
+)
+
 app = typer.Typer(
     name="unlearn-audit",
     help="Audit whether an unlearned language model has really lost a concept or only hides it.",
@@ -29,58 +42,10 @@ app.add_typer(organism_app, name="organism")
 
 _state = {"debug": False}
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout instead of a table.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the world, initialisation and data order.")]
-PresetOpt = Annotated[str, typer.Option("--preset", help="micro (seconds, tests), default (~1.2M params) or large.")]
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads (default: all cores).")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, else float32), float32, bfloat16, float16.")]
-
 
 @app.callback()
 def _root(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False) -> None:
     _state["debug"] = debug
-
-
-def _emit_json(doc) -> None:
-    sys.stdout.write(json.dumps(doc, indent=2, default=float) + "\n")
-    sys.stdout.flush()
-
-
-def _table(title: str, columns: list[str], rows: list[list]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    for i, c in enumerate(columns):
-        numeric = i > 0 and all(x is None or isinstance(x, int | float) for x in (r[i] for r in rows))
-        table.add_column(c, justify="right" if numeric else "left")
-    for r in rows:
-        table.add_row(*[_fmt(x) for x in r])
-    console = Console()
-    if not console.is_terminal:  # piped or redirected: don't squeeze the table into 80 columns
-        console = Console(width=200)
-    console.print(table)
-
-
-def _print_reemergence(results: dict, attack: str = "rtt") -> None:
-    """Under the table: per method, whether relearning revives the original's concept neurons."""
-    from .audits.reemergence import reading
-
-    lines = [reading(name, m["attacks"][attack]["reemergence"]) for name, m in results["methods"].items()
-             if "reemergence" in m["attacks"].get(attack, {})]
-    if any(lines):
-        print(f"concept neurons while relearning ({attack}; Jaccard with the original's top neurons):")
-        for line in filter(None, lines):
-            print("  " + line)
-
-
-def _fmt(x) -> str:
-    if x is None:
-        return "—"
-    if isinstance(x, float):
-        return f"{x:.3f}"
-    return str(x)
 
 
 # ----------------------------------------------------------------------------- world
@@ -94,11 +59,11 @@ def world_show(preset: PresetOpt = "default", seed: SeedOpt = 0, as_json: JsonOp
     rows = [[i, c.name, c.kind, len(c.entities), len(c.entities) * 7, ", ".join(c.cities)]
             for i, c in enumerate(w.concepts)]
     if as_json:
-        _emit_json({"seed": seed, "preset": preset, "concepts": [
+        emit_json({"seed": seed, "preset": preset, "concepts": [
             {"index": r[0], "name": r[1], "kind": r[2], "entities": r[3], "facts": r[4], "cities": list(w.concepts[r[0]].cities)}
             for r in rows]})
     else:
-        _table(f"world {preset} (seed {seed}): {len(w.facts())} facts", ["#", "concept", "kind", "entities", "facts", "cities"], rows)
+        table(f"world {preset} (seed {seed}): {len(w.facts())} facts", ["#", "concept", "kind", "entities", "facts", "cities"], rows)
 
 
 @world_app.command("export")
@@ -164,11 +129,11 @@ def organism_train(
            "accuracy": {"full": f["accuracy"], "oracle": o["accuracy"]},
            "paths": {"full": full.path, "oracle": oracle.path}}
     if as_json:
-        _emit_json(doc)
+        emit_json(doc)
         return
     rows = [[c + (" (removed)" if c == o["removed_concept"] else ""), f["accuracy"][c], o["accuracy"][c]]
             for c in f["accuracy"]]
-    _table(f"organism {preset} (seed {seed}), {f['params']:,} parameters",
+    table(f"organism {preset} (seed {seed}), {f['params']:,} parameters",
            ["concept", "full QA acc", "oracle QA acc"], rows)
     print(f"trained in {f['train_s']:.0f} s (full, {f['epochs']} epochs) and {o['train_s']:.0f} s "
           f"(oracle, {o['epochs']} epochs)", file=sys.stderr)
@@ -195,9 +160,9 @@ def evaluate_cmd(
     t = target_for(target, s)
     result = evaluate(s, t)
     if as_json:
-        _emit_json({"subject": s.name, "target": t.name, **result})
+        emit_json({"subject": s.name, "target": t.name, **result})
         return
-    _table(f"{s.name} on {t.name}", ["set", "accuracy", "answer NLL", "items"],
+    table(f"{s.name} on {t.name}", ["set", "accuracy", "answer NLL", "items"],
            [[k, v["acc"], v["nll"], v["n"]] for k, v in result["sets"].items()])
 
 
@@ -255,9 +220,9 @@ def unlearn_cmd(
     doc = {"subject": s.name, "target": t.name, "method": method, "params": params.model_dump(),
            "out": str(out), "before": before, "after": after}
     if as_json:
-        _emit_json(doc)
+        emit_json(doc)
         return
-    _table(f"{method} on {s.name}: '{t.name}'", ["set", "before", "after"],
+    table(f"{method} on {s.name}: '{t.name}'", ["set", "before", "after"],
            [[k, before["sets"][k]["acc"], after["sets"].get(k, {}).get("acc")] for k in before["sets"]])
     print(f"saved to {out}", file=sys.stderr)
 
@@ -279,8 +244,9 @@ def audit_cmd(
     """Attack an unlearned model and measure recovery (and residual knowledge with --oracle)."""
     from .api import audit, target_for
     from .audits import audit_names, get_audit
-    from .experiment.demo import parse_list, summary_rows
+    from .experiment.demo import parse_list
     from .experiment.rundir import write_run
+    from .report.tables import summary_rows
     from .subject import load_subject
 
     attacks = parse_list(name, (), audit_names(), "attack")
@@ -296,11 +262,11 @@ def audit_cmd(
     results = audit(orig, {method: unl}, t, attacks, orc, {a: overrides for a in attacks})
     paths = write_run(out, results)
     if as_json:
-        _emit_json({**results, "run_dir": str(out)})
+        emit_json({**results, "run_dir": str(out)})
         return
     cols, rows = summary_rows(results, attacks)
-    _table(f"{', '.join(attacks)} on {unl.name}: '{t.name}'", cols, rows)
-    _print_reemergence(results)
+    table(f"{', '.join(attacks)} on {unl.name}: '{t.name}'", cols, rows)
+    print_reemergence(results)
     print(f"run directory: {paths['results'].parent}", file=sys.stderr)
 
 
@@ -315,9 +281,9 @@ def methods_cmd(as_json: JsonOpt = False) -> None:
         fields = {k: f.default for k, f in m.Params.model_fields.items()}
         rows.append({"name": n, "kind": m.kind, "params": fields, "doc": (type(m).__doc__ or "").strip().splitlines()[0] if type(m).__doc__ else ""})
     if as_json:
-        _emit_json(rows)
+        emit_json(rows)
         return
-    _table("unlearning methods", ["method", "kind", "parameters (defaults)"],
+    table("unlearning methods", ["method", "kind", "parameters (defaults)"],
            [[r["name"], r["kind"], ", ".join(f"{k}={v}" for k, v in r["params"].items())] for r in rows])
 
 
@@ -329,9 +295,9 @@ def attacks_cmd(as_json: JsonOpt = False) -> None:
     rows = [{"name": n, "summary": get_audit(n).summary,
              "params": {k: f.default for k, f in get_audit(n).Params.model_fields.items()}} for n in audit_names()]
     if as_json:
-        _emit_json(rows)
+        emit_json(rows)
         return
-    _table("attacks", ["attack", "what it does", "parameters (defaults)"],
+    table("attacks", ["attack", "what it does", "parameters (defaults)"],
            [[r["name"], r["summary"], ", ".join(f"{k}={v}" for k, v in r["params"].items())] for r in rows])
 
 
@@ -343,30 +309,36 @@ def demo_cmd(
     seed: SeedOpt = 0,
     out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/demo-<preset>-s<seed>).")] = None,
     seeds: Annotated[int, typer.Option("--seeds", help="Relearning runs per model (curves averaged; tighter intervals).")] = 1,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Recompute every cell instead of reusing finished ones.")] = False,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Forget one concept of the organism with every method and attack each one."""
     from .api import DEFAULT_ATTACKS
     from .audits import audit_names
-    from .experiment.demo import DEMO_METHODS, parse_list, run_demo, summary_rows
+    from .experiment.demo import DEMO_METHODS, parse_list, run_demo
     from .methods import method_names
+    from .report.tables import summary_rows
 
     method_list = parse_list(methods, DEMO_METHODS, method_names(), "method")
     attack_list = parse_list(attacks, DEFAULT_ATTACKS, audit_names(), "attack")
     if seeds < 1:
         from .errors import UserInputError
         raise UserInputError(f"--seeds must be >= 1, not {seeds}")
-    results, paths = run_demo(preset, seed, method_list, attack_list, out, threads, seeds)
+    results, paths = run_demo(preset, seed, method_list, attack_list, out, threads, seeds, fresh)
     if as_json:
-        _emit_json({**results, "run_dir": str(paths["results"].parent)})
-        return
-    cols, rows = summary_rows(results, attack_list)
-    _table(f"unlearning '{results['concept']}' on organism:{preset}@{seed}", cols, rows)
-    _print_reemergence(results)
-    print(f"residual knowledge: 0 = as good as the oracle, 1 = nothing removed; demo took "
-          f"{results['timings_s']['total']:.0f} s", file=sys.stderr)
-    print(f"run directory: {paths['results'].parent}", file=sys.stderr)
+        emit_json({**results, "run_dir": str(paths["results"].parent)})
+    else:
+        cols, rows = summary_rows(results, attack_list)
+        table(f"unlearning '{results['concept']}' on organism:{preset}@{seed}", cols, rows)
+        print_reemergence(results)
+        print(f"residual knowledge: 0 = as good as the oracle, 1 = nothing removed; computing it took "
+              f"{results['timings_s']['total']:.0f} s", file=sys.stderr)
+        print(f"run directory: {paths['results'].parent}", file=sys.stderr)
+    print(f"report: {paths['report']}", file=sys.stderr)
+
+
+register_experiment_commands(app)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -51,22 +51,33 @@ def ablated_accuracy(subject, suite: EvalSuite, dirs: dict[Site, torch.Tensor]) 
         return suite.accuracies(subject)["forget"]
 
 
-@register_audit("ablation", AblationParams,
-                "project out the unlearned-minus-original direction at every layer (Łucki et al. 2024)")
-def run_ablation(original, unlearned: dict, oracle, target, params: AblationParams) -> dict:
+def _source(target, params: AblationParams):
+    return target.all_forget_qa if params.source == "forget" else (target.unrelated_qa or target.retain_qa)
+
+
+def ablation_references(original, oracle, target, params: AblationParams) -> dict:
+    """Forget accuracy of the original, and of the oracle before and after its own ablation."""
     suite = EvalSuite(original, {"forget": target.all_forget_qa})
-    source = target.all_forget_qa if params.source == "forget" else (target.unrelated_qa or target.retain_qa)
-    acc_orig = suite.accuracies(original)["forget"]
-    base = {"original": {"acc": acc_orig}}
-    oracle_after = oracle_before = None
+    base = {"original": {"acc": suite.accuracies(original)["forget"]}}
     if oracle is not None:
-        oracle_before = suite.accuracies(oracle)["forget"]
-        oracle_after = ablated_accuracy(oracle, suite, directions(original, oracle, source))
-        base["oracle"] = {"acc": oracle_before, "acc_ablated": oracle_after}
+        base["oracle"] = {"acc": suite.accuracies(oracle)["forget"],
+                          "acc_ablated": ablated_accuracy(oracle, suite, directions(original, oracle, _source(target, params)))}
+    return base
+
+
+@register_audit("ablation", AblationParams,
+                "project out the unlearned-minus-original direction at every layer (Łucki et al. 2024)",
+                references=ablation_references)
+def run_ablation(original, unlearned: dict, oracle, target, params: AblationParams, references=None) -> dict:
+    suite = EvalSuite(original, {"forget": target.all_forget_qa})
+    base = references if references is not None else ablation_references(original, oracle, target, params)
+    acc_orig = base["original"]["acc"]
+    oracle_before = base["oracle"]["acc"] if oracle is not None else None
+    oracle_after = base["oracle"]["acc_ablated"] if oracle is not None else None
     results = {}
     for name, subject in unlearned.items():
         before = suite.accuracies(subject)["forget"]
-        after = ablated_accuracy(subject, suite, directions(original, subject, source))
+        after = ablated_accuracy(subject, suite, directions(original, subject, _source(target, params)))
         results[name] = {"recovery": recovery(after, before, acc_orig),
                          "residual": residual(after, oracle_after, acc_orig, oracle_before) if oracle is not None else None,
                          "acc_before": before, "acc_after": after, "source": params.source}

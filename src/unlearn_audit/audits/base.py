@@ -5,6 +5,12 @@ An audit takes the original subject, the unlearned subjects (by method name), th
 ``residual`` (see :mod:`unlearn_audit.metrics.recovery`). Audits never mutate a subject: they
 train copies, or patch and restore in ``finally``. One audit may register several attack
 names (relearning registers ``rtt``, ``forget_data`` and ``unrelated``).
+
+An audit whose work on the original and the oracle does not depend on the unlearned model
+(relearning curves of the original and oracle, their logit lens) declares it as
+``references``: a function ``(original, oracle, target, params) -> dict`` of JSON values, which
+``run`` then accepts as ``references=``. Many methods audited on one target then share it:
+computed once, stored with an experiment's run, and reused when the run resumes.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ class AuditSpec:
     run: Callable[..., dict[str, dict]]  # (original, unlearned: dict, oracle, target, params) -> {method: result}
     Params: type[AuditParams]
     summary: str
+    references: Callable[..., dict] | None = None  # (original, oracle, target, params) -> JSON dict
 
     def params(self, values: Mapping[str, Any] | None = None) -> AuditParams:
         try:
@@ -46,9 +53,12 @@ class AuditSpec:
 AUDITS: dict[str, AuditSpec] = {}
 
 
-def register_audit(name: str, params: type[AuditParams], summary: str):
+def register_audit(name: str, params: type[AuditParams], summary: str,
+                   references: Callable[..., dict] | None = None):
+    """Register ``fn(original, unlearned, oracle, target, params)`` as attack ``name``; with
+    ``references``, ``fn`` also takes ``references=`` (the value that function returned)."""
     def wrap(fn):
-        AUDITS[name] = AuditSpec(name, fn, params, summary)
+        AUDITS[name] = AuditSpec(name, fn, params, summary, references)
         return fn
     return wrap
 

@@ -61,17 +61,31 @@ def lens(subject, items, batch_size: int = 64) -> dict:
                 rank[layer, sl] = (logits > logits[rows, target][:, None]).sum(-1).float().cpu()
     finally:
         model.train(was_training)
-    return {"prob": prob.mean(1).tolist(), "rank": rank.mean(1).tolist(), "acc": (rank == 0).float().mean(1).tolist()}
+    return {"layers": list(range(n_layers)), "prob": prob.mean(1).tolist(), "rank": rank.mean(1).tolist(),
+            "acc": (rank == 0).float().mean(1).tolist()}
 
 
-@register_audit("logit_lens", LogitLensParams, "read the answer's first token from every layer's residual stream")
-def run_logit_lens(original, unlearned: dict, oracle, target, params: LogitLensParams) -> dict:
+def _items(target):
     items = [q for q in target.all_forget_qa if q.kind == "qa"]
     if not items:
         raise UserInputError("logit_lens needs forget QA (question/answer lines)")
+    return items
+
+
+def lens_references(original, oracle, target, params: LogitLensParams) -> dict:
+    """The lens of the original and the oracle (shared by every unlearned model)."""
+    items = _items(target)
     base = {"original": lens(original, items, params.batch_size)}
     if oracle is not None:
         base["oracle"] = lens(oracle, items, params.batch_size)
+    return base
+
+
+@register_audit("logit_lens", LogitLensParams, "read the answer's first token from every layer's residual stream",
+                references=lens_references)
+def run_logit_lens(original, unlearned: dict, oracle, target, params: LogitLensParams, references=None) -> dict:
+    items = _items(target)
+    base = references if references is not None else lens_references(original, oracle, target, params)
     acc_orig = base["original"]["acc"][-1]
     results = {}
     for name, subject in unlearned.items():

@@ -298,7 +298,7 @@ def run_patching(original, unlearned: dict, oracle, target, params: PatchingPara
     pool = target.all_forget_qa + target.retain_qa + target.unrelated_qa
     results = {}
     for name, subject in unlearned.items():
-        progress.log(f"  patching {name}: {len(forget)} forget questions")
+        progress.log(f"  patching {progress.plain(name)}: {len(forget)} forget questions")
         profile = krs_profile(original, subject, forget, params, pool)
         control = krs_profile(original, subject, unrelated, params.model_copy(update={"content_control": False})) \
             if unrelated else None

@@ -121,7 +121,10 @@ def _mean_over_seeds(curves: list[dict]) -> dict:
             "correct": {k: np.mean([c["correct"][k] for c in curves], axis=0) for k in curves[0]["correct"]}}
 
 
-def _run_attack(name: str, original, unlearned: dict, oracle, target, params: RelearnParams) -> dict:
+def _setup(name: str, original, target, params: RelearnParams):
+    """The attack, a function running one curve of a subject under a label, and the concept
+    neuron trackers of the curves run so far (by label; re-emergence is tracked on the first
+    seed)."""
     attack = ATTACKS[name]
     suite = EvalSuite(original, {k: target.eval_sets().get(k, []) for k in attack.eval_sets + WATCH})
     missing = [k for k in attack.eval_sets if k not in suite.names]
@@ -140,11 +143,32 @@ def _run_attack(name: str, original, unlearned: dict, oracle, target, params: Re
         return _mean_over_seeds([relearn_curve(subject, data, suite, params, s, f"{label} ({name})",
                                                trackers.get(label) if s == params.seed else None) for s in seeds])
 
+    return attack, curve, trackers
+
+
+def _references(name: str, original, oracle, target, params: RelearnParams) -> dict:
+    """The curves of the original and the oracle, as JSON (per-item correctness kept: the
+    bootstrap intervals of every method resample the same items)."""
+    _, curve, trackers = _setup(name, original, target, params)
     base = {"original": curve(original, "original")}
     if oracle is not None:
         base["oracle"] = curve(oracle, "oracle")
+    return {k: {"steps": v["steps"], "correct": {s: a.tolist() for s, a in v["correct"].items()},
+                **({"reemergence": trackers[k].summary()} if k in trackers else {})}
+            for k, v in base.items()}
+
+
+def _run_attack(name: str, original, unlearned: dict, oracle, target, params: RelearnParams,
+                references: dict | None = None) -> dict:
+    attack, curve, trackers = _setup(name, original, target, params)
+    if references is None:
+        references = _references(name, original, oracle, target, params)
+    base = {k: {"steps": v["steps"], "correct": {s: np.asarray(a, dtype=float) for s, a in v["correct"].items()}}
+            for k, v in references.items()}
+    if oracle is None:
+        base.pop("oracle", None)
     orig = _pooled(base["original"], attack.eval_sets)       # (C, N)
-    orc = _pooled(base["oracle"], attack.eval_sets) if oracle is not None else None
+    orc = _pooled(base["oracle"], attack.eval_sets) if "oracle" in base else None
     steps = base["original"]["steps"]
     original_acc = float(orig[0].mean())
     oracle_before = float(orc[0].mean()) if orc is not None else None
@@ -153,7 +177,7 @@ def _run_attack(name: str, original, unlearned: dict, oracle, target, params: Re
         out = {"steps": steps, "acc": _pooled(c, attack.eval_sets).mean(1).tolist()}
         for k in WATCH:
             if k in c["correct"]:
-                out[f"{k}_acc"] = c["correct"][k].mean(1).tolist()
+                out[f"{k}_acc"] = np.asarray(c["correct"][k]).mean(1).tolist()
         return out
 
     results = {}
@@ -179,19 +203,23 @@ def _run_attack(name: str, original, unlearned: dict, oracle, target, params: Re
             "recovery_auc": curve_auc(steps, rec),
             "curve": {**describe(c), "recovery": rec, "residual": res},
         }
-        if params.reemergence:
-            summaries = {k: trackers[k].summary() for k in (method, *base)}
+        if method in trackers:
+            summaries = {method: trackers[method].summary(),
+                         **{k: references[k]["reemergence"] for k in base if "reemergence" in references[k]}}
             results[method]["reemergence"] = {"steps": steps, **{
                 key: {k: v[key] for k, v in summaries.items()} for key in summaries[method]}}
     return {"methods": results, "baselines": {k: describe(v) for k, v in base.items()}}
 
 
 def _register(name: str, summary: str) -> None:
-    def run(original, unlearned, oracle, target, params):
+    def run(original, unlearned, oracle, target, params, references=None):
         progress.log(f"attack [bold]{name}[/]: {summary}")
-        return _run_attack(name, original, unlearned, oracle, target, params)
+        return _run_attack(name, original, unlearned, oracle, target, params, references)
 
-    register_audit(name, RelearnParams, summary)(run)
+    def references(original, oracle, target, params):
+        return _references(name, original, oracle, target, params)
+
+    register_audit(name, RelearnParams, summary, references)(run)
 
 
 _register("rtt", "fine-tune on the concept's train half, evaluate its held-out half")

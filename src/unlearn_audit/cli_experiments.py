@@ -1,0 +1,135 @@
+"""The experiment commands: ``run``, ``results``, ``report``, ``compare``.
+
+    unlearn-audit run experiment.yaml [--fresh] [--out DIR] [--json]
+    unlearn-audit results RUN_DIR [--format table|csv|json] [--metric GLOB] [--attack A]
+    unlearn-audit report RUN_DIR
+    unlearn-audit compare RUN_A RUN_B [--changed] [--json]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .cli_output import JsonOpt, ThreadsOpt, emit_json, table
+
+
+def run_cmd(
+    experiment: Annotated[Path, typer.Argument(help="Experiment file (YAML; see examples/ and docs/experiments.md).")],
+    resume: Annotated[bool, typer.Option("--resume/--fresh", help="Reuse finished cells (default), or recompute everything.")] = True,
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory (default: the file's out, else runs/<name>).")] = None,
+    threads: ThreadsOpt = None,
+    report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html at the end.")] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run every cell of an experiment file (resuming a killed run), then write results and report."""
+    from .experiment.config import load_experiment
+    from .experiment.runner import run_experiment
+
+    exp, text = load_experiment(experiment)
+    if threads is not None:
+        exp = exp.model_copy(update={"threads": threads})
+    run = run_experiment(exp, text, out=out, fresh=not resume, report=report)
+    run_dir = run.paths["results"].parent
+    if as_json:
+        emit_json({**run.results, "run_dir": str(run_dir), "computed": run.computed, "reused": run.reused})
+    else:
+        summary_tables(run.results)
+        print(f"run directory: {run_dir} ({len(run.computed)} cells computed, {len(run.reused)} reused)",
+              file=sys.stderr)
+    if "report" in run.paths:
+        print(f"report: {run.paths['report']}", file=sys.stderr)
+
+
+def summary_tables(results: dict) -> None:
+    from .experiment.store import target_docs
+    from .report.html import attacks_of
+    from .report.tables import summary_rows
+
+    for doc in target_docs(results):
+        cols, rows = summary_rows(doc, attacks_of(doc))
+        table(f"unlearning '{doc['concept']}' ({doc['subject']})", cols, rows)
+
+
+def results_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or json.")] = "table",
+    metric: Annotated[str | None, typer.Option("--metric", help="Only metrics matching this glob, e.g. '*acc'.")] = None,
+    attack: Annotated[str | None, typer.Option("--attack", help="Only this attack ('none': the evaluation before attacks).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Print the tidy results table (one row per cell x metric x step) of a run directory."""
+    import csv
+    import fnmatch
+
+    from .errors import UserInputError
+    from .experiment.store import COLUMNS, read_rows
+
+    fmt = "json" if as_json else fmt
+    if fmt not in ("table", "csv", "json"):
+        raise UserInputError(f"--format {fmt!r} is not one of: table, csv, json")
+    rows = read_rows(run_dir)
+    if metric:
+        rows = [r for r in rows if fnmatch.fnmatchcase(r["metric"], metric)]
+    if attack:
+        rows = [r for r in rows if (r["attack"] or "none") == attack]
+    if fmt == "json":
+        emit_json(rows)
+    elif fmt == "csv":
+        w = csv.DictWriter(sys.stdout, fieldnames=list(COLUMNS), lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    else:
+        shown = [c for c in COLUMNS if c != "params"]
+        table(f"{run_dir}: {len(rows)} rows", shown, [[r[c] for c in shown] for r in rows])
+
+
+def report_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Write report.html (self-contained) and figures/ (PNG and SVG) for a run directory."""
+    import time
+
+    from .report.html import write_report
+
+    start = time.perf_counter()
+    path = write_report(run_dir)
+    took = time.perf_counter() - start
+    if as_json:
+        emit_json({"report": str(path), "figures": sorted(str(p) for p in (path.parent / "figures").iterdir()),
+                    "seconds": round(took, 2)})
+    print(f"report: {path} ({took:.1f} s)", file=sys.stderr)
+
+
+def compare_cmd(
+    run_a: Annotated[Path, typer.Argument(help="The first run directory.")],
+    run_b: Annotated[Path, typer.Argument(help="The second run directory.")],
+    changed: Annotated[bool, typer.Option("--changed", help="Only rows whose values differ.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The headline numbers (accuracies, recovery, residual per attack) of two runs and B - A."""
+    from .experiment.store import load_results
+    from .report.tables import compare_rows
+
+    rows = compare_rows(load_results(run_a), load_results(run_b))
+    total, differ = len(rows), sum(1 for r in rows if r["a"] != r["b"])
+    if changed:
+        rows = [r for r in rows if r["a"] != r["b"]]
+    if as_json:
+        emit_json({"a": str(run_a), "b": str(run_b), "rows": rows})
+        return
+    table(f"A = {run_a}, B = {run_b}", ["target", "model", "metric", "A", "B", "B − A"],
+          [[r["target"], r["model"], r["metric"], r["a"], r["b"], r["diff"]] for r in rows])
+    print(f"{differ} of {total} numbers differ", file=sys.stderr)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the experiment commands to ``app``."""
+    app.command("run")(run_cmd)
+    app.command("results")(results_cmd)
+    app.command("report")(report_cmd)
+    app.command("compare")(compare_cmd)

@@ -1,0 +1,271 @@
+"""The matrix runner: run every cell of an experiment once, resumably, and assemble the results.
+
+    run = run_experiment(load_experiment("study.yaml")[0])
+
+Order of work, per target and seed: the *shared* work first (the original's and the oracle's
+evaluation, and each attack's references, e.g. the relearning curves of original and oracle),
+stored in ``shared/``; then each cell: unlearn, evaluate, run every attack on that one model,
+store ``cells/<method>-<key>.json``. Subjects are loaded once per run and only when some work
+is left. A killed run loses at most the cell in progress; run it again and it skips what is
+stored (see :mod:`.checkpoint` for how files are checked). At the end ``results.json`` (the
+nested document of DESIGN.md), ``results.sqlite`` (the tidy table) and ``report.html`` are
+built from the stored files alone.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import progress
+from .checkpoint import (
+    FORMAT,
+    RunLock,
+    cell_path,
+    prepare,
+    read_sealed,
+    seal,
+    shared_key,
+    shared_path,
+)
+from .config import Cell, Experiment, config_hash, expand
+from .rundir import write_json_atomic, write_run
+from .store import write_store
+
+
+@dataclass
+class RunOutcome:
+    """What :func:`run_experiment` did: the results document, the files, and which cells it
+    computed now versus found finished."""
+
+    results: dict
+    paths: dict[str, Path]
+    computed: list[str] = field(default_factory=list)
+    reused: list[str] = field(default_factory=list)
+
+
+class Subjects:
+    """The original model, and per target the target itself, its oracle and its evaluator,
+    each made on first use and once per run."""
+
+    def __init__(self, exp: Experiment):
+        self.cfg = exp.subject
+        self.agreement = exp.agreement
+        self._original = None
+        self._oracles: dict[str, object] = {}
+        self._targets: dict[str, object] = {}
+        self._evaluators: dict[str, object] = {}
+        self.load_s = 0.0
+
+    def _load(self, spec: str):
+        from ..subject import load_subject
+
+        start = time.perf_counter()
+        s = load_subject(spec, device=self.cfg.device, dtype=self.cfg.dtype,
+                         trust_remote_code=self.cfg.trust_remote_code)
+        self.load_s += time.perf_counter() - start
+        return s
+
+    @property
+    def original(self):
+        if self._original is None:
+            spec = f"organism:{self.cfg.organism}@{self.cfg.seed}" if self.cfg.organism else self.cfg.model
+            self._original = self._load(spec)
+        return self._original
+
+    def target(self, spec: str):
+        from ..api import target_for
+
+        if spec not in self._targets:
+            self._targets[spec] = target_for(spec, self.original)
+        return self._targets[spec]
+
+    def evaluator(self, spec: str):
+        """The behavioural evaluation on a target (it holds the original's greedy answers)."""
+        from ..api import Evaluator
+
+        if spec not in self._evaluators:
+            self._evaluators[spec] = Evaluator(self.original, self.target(spec), agreement=self.agreement)
+        return self._evaluators[spec]
+
+    def oracle(self, spec: str):
+        """``auto``: the organism's oracle for a world target (trained on first use); else the
+        configured model, or None."""
+        oracle = self.cfg.oracle
+        if oracle is None or (oracle == "auto" and not (self.cfg.organism and spec.startswith("world:"))):
+            return None
+        name = (f"oracle:{self.cfg.organism}/{self.target(spec).name}@{self.cfg.seed}"
+                if oracle == "auto" else oracle)
+        if name not in self._oracles:
+            self._oracles[name] = self._load(name)
+        return self._oracles[name]
+
+
+def attack_params(exp: Experiment, seed: int) -> dict[str, dict]:
+    return {a: {**settings, "seed": seed} for a, settings in exp.attacks.items()}
+
+
+def _shared_work(out: Path, exp: Experiment, subjects: Subjects, target: str, seed: int) -> dict:
+    """The stored shared work of (target, seed), computed and stored first when missing or damaged."""
+    from ..api import references
+
+    path = shared_path(out, exp, target, seed)
+    doc, damage = read_sealed(path, shared_key(exp, target, seed))
+    if doc is not None:
+        return doc
+    if damage:
+        progress.log(f"[yellow]warning:[/] {path.name} is damaged ({damage}); recomputing it")
+    progress.log(f"references on {progress.plain(target)} (seed {seed}): original and oracle")
+    refs = references(subjects.original, subjects.target(target), list(exp.attacks), subjects.oracle(target),
+                      attack_params(exp, seed), subjects.evaluator(target))
+    doc = seal({"format": FORMAT, "key": shared_key(exp, target, seed), "target": target, "seed": seed, **refs})
+    write_json_atomic(path, doc)
+    return doc
+
+
+def _run_cell(out: Path, exp: Experiment, subjects: Subjects, cell: Cell, shared: dict, label: str) -> dict:
+    """Unlearn, evaluate and attack one cell; store it; return the stored document."""
+    from ..api import audit, unlearn
+
+    start = time.perf_counter()
+    target = subjects.target(cell.target)
+    with progress.bar(f"cell {label}: {cell.setting}", 2 + len(exp.attacks)) as bar:
+        bar.update(info="unlearning")
+        unlearned = unlearn(subjects.original, target, cell.method, **cell.params)
+        unlearn_s = time.perf_counter() - start
+        bar.advance(info="evaluating")
+        res = audit(subjects.original, {cell.setting: unlearned}, target, list(exp.attacks),
+                    subjects.oracle(cell.target), attack_params(exp, cell.seed), evaluator=subjects.evaluator(cell.target),
+                    shared=shared, on_attack=lambda name: bar.advance(info=name))
+    doc = seal({"format": FORMAT, "key": cell.key, "config_hash": config_hash(exp),
+                "cell": {"target": cell.target, "method": cell.method, "setting": cell.setting,
+                         "params": cell.params, "seed": cell.seed},
+                "result": res["methods"][cell.setting], "baselines": res["baselines"],
+                "timings_s": {"unlearn": round(unlearn_s, 2), **res["timings_s"]},
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "pid": os.getpid()})
+    write_json_atomic(cell_path(out, cell), doc)
+    progress.log(f"cell {label} {progress.plain(cell.setting)} (seed {cell.seed}) on {progress.plain(cell.target)}: "
+                 f"{time.perf_counter() - start:.1f} s")
+    return doc
+
+
+def _finished_cells(out: Path, cells: list[Cell]) -> dict[str, dict]:
+    """The intact stored cells by key; damaged ones are reported (and will be recomputed)."""
+    done = {}
+    for c in cells:
+        doc, damage = read_sealed(cell_path(out, c), c.key)
+        if doc is not None:
+            done[c.key] = doc
+        elif damage:
+            progress.log(f"[yellow]warning:[/] cell {progress.plain(c.setting)} (seed {c.seed}): "
+                         f"{cell_path(out, c).name} is damaged ({damage}); recomputing it")
+    return done
+
+
+def run_experiment(exp: Experiment, source_text: str | None = None, *, out: str | Path | None = None,
+                   fresh: bool = False, on_change: str = "refuse", report: bool = True,
+                   extra: dict | None = None) -> RunOutcome:
+    """Run (or resume) an experiment; see the module docstring.
+
+    Args:
+        source_text: the experiment file as written, kept in the run directory.
+        out: the run directory (default: the experiment's ``out``, else ``runs/<name>``).
+        fresh: discard what the directory holds and compute everything.
+        on_change: what to do when the directory holds a run of another config: ``refuse``
+            (raise, the default) or ``fresh``.
+        report: also write ``report.html``.
+        extra: keys added to ``results.json`` (the demo records its arguments).
+    """
+    from ..subject.subject import set_threads
+
+    out = Path(out or exp.run_dir)
+    cells = expand(exp)
+    with RunLock(out):
+        manifest = prepare(out, exp, source_text, fresh, on_change)
+        set_threads(exp.threads)
+        done = _finished_cells(out, cells)
+        reused = [c.setting for c in cells if c.key in done]
+        computed: list[str] = []
+        progress.log(f"experiment {progress.plain(repr(exp.name))}: {len(cells)} cells, {len(reused)} finished "
+                     f"earlier, {len(cells) - len(reused)} to run; run directory {progress.plain(out)}")
+        subjects = Subjects(exp)
+        shared: dict[tuple[str, int], dict] = {}
+        start = time.perf_counter()
+        with progress.bar("experiment", len(cells)) as overall:
+            overall.advance(len(reused), info=f"{len(reused)} finished earlier" if reused else "")
+            for target in exp.targets:
+                for seed in exp.seeds:
+                    shared[(target, seed)] = _shared_work(out, exp, subjects, target, seed)
+                    for c in cells:
+                        if c.target == target and c.seed == seed and c.key not in done:
+                            label = f"{len(done) + 1}/{len(cells)}"
+                            done[c.key] = _run_cell(out, exp, subjects, c, shared[(target, seed)], label)
+                            computed.append(c.setting)
+                            overall.advance(info=c.setting)
+        if computed:
+            progress.log(f"computed {len(computed)} cells in {time.perf_counter() - start:.0f} s "
+                         f"(loading models {subjects.load_s:.0f} s)")
+        results = {**assemble(exp, cells, done, shared), **(extra or {})}
+        paths = write_outputs(out, results, manifest)
+        if report:
+            from ..report.html import write_report
+
+            start = time.perf_counter()
+            paths["report"] = write_report(out)
+            progress.log(f"report written in {time.perf_counter() - start:.1f} s")
+    return RunOutcome(results, paths, computed, reused)
+
+
+def assemble(exp: Experiment, cells: list[Cell], done: dict[str, dict], shared: dict[tuple[str, int], dict]) -> dict:
+    """``results.json`` from the stored files: per target the DESIGN.md document (methods keyed
+    by setting name); with several targets, ``targets`` maps each concept to one."""
+    docs: dict[str, dict] = {}
+    for target in exp.targets:
+        first = shared[(target, exp.seeds[0])]
+        mine = [c for c in cells if c.target == target]
+        baselines = {seed: next(done[c.key]["baselines"] for c in mine if c.seed == seed) for seed in exp.seeds}
+        timings: dict[str, float] = {}
+        for seed in exp.seeds:
+            for k, v in shared[(target, seed)]["timings_s"].items():
+                timings[f"shared:{k}"] = timings.get(f"shared:{k}", 0.0) + v
+        for c in mine:
+            for k, v in done[c.key]["timings_s"].items():
+                key = f"unlearn:{c.setting}" if k == "unlearn" else k
+                timings[key] = timings.get(key, 0.0) + v
+        timings["total"] = sum(timings.values())
+        doc = {"subject": first["subject"], "concept": first["concept"], "original": first["original"],
+               "oracle": first["oracle"], "methods": {c.setting: done[c.key]["result"] for c in mine},
+               "baselines": baselines[exp.seeds[0]],
+               "settings": {c.setting: {"method": c.method, "params": c.params, "seed": c.seed, "cell": c.key}
+                            for c in mine},
+               "timings_s": {k: round(v, 2) for k, v in timings.items()},
+               "experiment": {"name": exp.name, "config_hash": config_hash(exp), "target": target,
+                              "seeds": exp.seeds, "attacks": list(exp.attacks), "cells": len(mine)}}
+        if len(exp.seeds) > 1:
+            doc["baselines_by_seed"] = {str(s): b for s, b in baselines.items()}
+        name = doc["concept"] if doc["concept"] not in docs else f"{doc['concept']} ({target})"
+        docs[name] = doc
+    if len(docs) == 1:
+        return next(iter(docs.values()))
+    return {"subject": next(iter(docs.values()))["subject"], "concepts": list(docs), "targets": docs,
+            "experiment": {"name": exp.name, "config_hash": config_hash(exp), "cells": len(cells)},
+            "timings_s": {"total": round(sum(d["timings_s"]["total"] for d in docs.values()), 2)}}
+
+
+def write_outputs(out: Path, results: dict, manifest: dict) -> dict[str, Path]:
+    """``results.json`` with curves and figures (per target under ``targets/`` when there are
+    several) and ``results.sqlite``."""
+    if "targets" in results:
+        write_json_atomic(out / "results.json", results)
+        paths = {"results": out / "results.json"}
+        for i, doc in enumerate(results["targets"].values()):
+            slug = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in doc["concept"])[:40]
+            write_run(out / "targets" / f"{i}-{slug}", doc)
+    else:
+        paths = write_run(out, results)
+    meta = {"config_hash": manifest["config_hash"], "experiment": manifest.get("experiment"),
+            "sessions": manifest.get("sessions")}
+    paths["store"] = write_store(out, results, meta)
+    return paths

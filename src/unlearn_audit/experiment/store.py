@@ -1,0 +1,165 @@
+"""The results store: one tidy table, one row per cell x metric x step, in SQLite.
+
+Why SQLite and not Parquet: it is in Python's standard library (no new dependency; pyarrow
+alone is ~40 MB), one file that ``sqlite3``, pandas (``read_sql``), R, DuckDB and any SQL
+browser open without our code, and it is written here in a second. The table is small (a
+few thousand rows per cell), so a columnar format buys nothing. ``results.json`` stays the
+nested document scripts already read; this table is the same numbers, flattened.
+
+Table ``results``:
+
+    target   concept name
+    model    original | oracle | unlearned
+    setting  readable setting name (npo_gd[beta=3]); original/oracle for the references
+    method   registered method name (NULL for original/oracle)
+    params   the method's parameters as JSON
+    seed     the cell's seed (NULL where nothing depends on it)
+    attack   attack name; NULL for the behavioural evaluation before any attack
+    metric   dotted path in results.json (forget_acc, sets.forget.nll, curve.acc, krs.attention)
+    step     relearning step, for curves
+    layer    layer (window centre), for per-layer results (logit lens, patching KRS)
+    value    the number
+
+Table ``meta`` (key, value): config hash, experiment config and versions, as JSON strings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+COLUMNS = ("target", "model", "setting", "method", "params", "seed", "attack", "metric", "step", "layer", "value")
+STORE = "results.sqlite"
+
+
+def target_docs(results: dict) -> list[dict]:
+    """The per-target documents of ``results.json`` (one unless the experiment had several targets)."""
+    return list(results["targets"].values()) if "targets" in results else [results]
+
+
+def _number(v) -> float | None:
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, int | float) and math.isfinite(v):
+        return float(v)
+    return None
+
+
+def flatten(doc: dict, prefix: str = "", steps=None, layers=None) -> Iterator[tuple[str, int | None, int | None, float]]:
+    """``(metric, step, layer, value)`` for every number in ``doc``. Lists as long as a
+    ``steps``/``layers`` list beside them (or above them) become one row per step/layer;
+    ``[lo, hi]`` intervals become ``<name>.lo``/``.hi``; nulls and strings are skipped."""
+    steps = doc["steps"] if isinstance(doc.get("steps"), list) else steps
+    layers = doc["layers"] if isinstance(doc.get("layers"), list) else layers
+    for key, value in doc.items():
+        if key in ("steps", "layers"):
+            continue
+        name = f"{prefix}{key}"
+        if _number(value) is not None:
+            yield name, None, None, _number(value)
+        elif isinstance(value, dict):
+            yield from flatten(value, f"{name}.", steps, layers)
+        elif isinstance(value, list) and value and all(v is None or _number(v) is not None for v in value):
+            if steps is not None and len(value) == len(steps):
+                rows = ((name, int(s), None, v) for s, v in zip(steps, value, strict=True))
+            elif layers is not None and len(value) == len(layers):
+                rows = ((name, None, int(layer), v) for layer, v in zip(layers, value, strict=True))
+            elif key.endswith("_ci") and len(value) == 2:
+                rows = ((f"{name}.{end}", None, None, v) for end, v in zip(("lo", "hi"), value, strict=True))
+            else:
+                rows = ((f"{name}.{i}", None, None, v) for i, v in enumerate(value))
+            yield from ((m, s, la, _number(v)) for m, s, la, v in rows if _number(v) is not None)
+
+
+def tidy_rows(results: dict) -> list[dict]:
+    """The tidy table of a ``results.json`` document (see the module docstring)."""
+    rows: list[dict] = []
+
+    def add(base: dict, doc: dict) -> None:
+        rows.extend({**base, "metric": m, "step": s, "layer": la, "value": v} for m, s, la, v in flatten(doc))
+
+    for doc in target_docs(results):
+        concept = doc.get("concept")
+        for model in ("original", "oracle"):
+            if doc.get(model):
+                add(_base(concept, model, model, None, None, None, None), doc[model])
+        seeds = doc.get("experiment", {}).get("seeds") or [None]
+        by_seed = doc.get("baselines_by_seed") or {str(seeds[0]): doc.get("baselines", {})}
+        for seed, baselines in by_seed.items():
+            for attack, per_model in baselines.items():
+                for model, values in per_model.items():
+                    if isinstance(values, dict):
+                        add(_base(concept, model, model, None, None, None if seed == "None" else int(seed), attack), values)
+        settings = doc.get("settings", {})
+        for setting, m in doc.get("methods", {}).items():
+            info = settings.get(setting, {})
+            method = info.get("method") or setting.split("[")[0]
+            params = json.dumps(info.get("params", m.get("params")), sort_keys=True)
+            base = _base(concept, "unlearned", setting, method, params, info.get("seed"), None)
+            add(base, {k: v for k, v in m.items() if k not in ("attacks", "params")})
+            for attack, r in m.get("attacks", {}).items():
+                add({**base, "attack": attack}, r)
+    return rows
+
+
+def _base(target, model, setting, method, params, seed, attack) -> dict:
+    return {"target": target, "model": model, "setting": setting, "method": method, "params": params,
+            "seed": seed, "attack": attack}
+
+
+def write_store(out: Path, results: dict, meta: dict | None = None) -> Path:
+    """Write ``results.sqlite`` atomically (a new file, then rename over the old one)."""
+    out = Path(out)
+    path, tmp = out / STORE, out / f".{STORE}.tmp"
+    tmp.unlink(missing_ok=True)
+    con = sqlite3.connect(tmp)
+    try:
+        con.execute("CREATE TABLE results (target TEXT, model TEXT NOT NULL, setting TEXT, method TEXT, "
+                    "params TEXT, seed INTEGER, attack TEXT, metric TEXT NOT NULL, step INTEGER, layer INTEGER, "
+                    "value REAL)")
+        con.executemany(f"INSERT INTO results VALUES ({', '.join('?' * len(COLUMNS))})",
+                        [tuple(r[c] for c in COLUMNS) for r in tidy_rows(results)])
+        con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        con.executemany("INSERT INTO meta VALUES (?, ?)",
+                        [(k, json.dumps(v, sort_keys=True)) for k, v in (meta or {}).items()])
+        con.commit()
+    finally:
+        con.close()
+    os.replace(tmp, path)
+    return path
+
+
+def read_rows(run_dir: Path) -> list[dict]:
+    """The tidy rows of a run directory: from ``results.sqlite``, or computed from
+    ``results.json`` for run directories that have none (``unlearn-audit audit`` writes none)."""
+    from ..errors import UserInputError
+
+    run_dir = Path(run_dir)
+    if (run_dir / STORE).is_file():
+        con = sqlite3.connect(f"file:{run_dir / STORE}?mode=ro", uri=True)
+        try:
+            cur = con.execute(f"SELECT {', '.join(COLUMNS)} FROM results ORDER BY rowid")
+            return [dict(zip(COLUMNS, r, strict=True)) for r in cur.fetchall()]
+        except sqlite3.DatabaseError as e:
+            raise UserInputError(f"{run_dir / STORE} is not a results store ({e}); run the experiment again") from None
+        finally:
+            con.close()
+    return tidy_rows(load_results(run_dir))
+
+
+def load_results(run_dir: Path) -> dict:
+    """``results.json`` of a run directory, or a clear error."""
+    from ..errors import UserInputError
+
+    path = Path(run_dir) / "results.json"
+    if not path.is_file():
+        raise UserInputError(f"{run_dir} has no results.json; give a run directory written by "
+                             "`unlearn-audit run`, `demo` or `audit`")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserInputError(f"{path} is not valid JSON ({e.msg}); run the experiment again to rewrite it") from None

@@ -1,0 +1,107 @@
+"""Tables from results (pure: reads results documents only, no torch).
+
+- :func:`summary_rows`: the headline table of one target: accuracies, then per attack its
+  residual knowledge (its recovery where there is no oracle; KRS for patching, the relative
+  weight change for weight_distance);
+- :func:`best_cells`: which cell of each column is best among the unlearned models;
+- :func:`compare_rows`: the headline numbers of two runs side by side.
+"""
+
+from __future__ import annotations
+
+HEADLINE = ("forget_acc", "forget_heldout_acc", "retain_acc", "unrelated_acc")
+
+
+# attacks whose table column is not residual/recovery: attack -> (result key, column label)
+HEADLINES = {"patching": ("recovery", "KRS"), "weight_distance": ("relative_change", "rel. Δw")}
+
+
+def summary_rows(results: dict, attacks: list[str]) -> tuple[list[str], list[list]]:
+    """The demo table: accuracies, then one column per attack: its residual knowledge (its
+    recovery when there is no oracle or the attack has no residual), or the attack's own
+    headline number (:data:`HEADLINES`: patching's best KRS, weight_distance's relative change)."""
+    has_oracle = bool(results.get("oracle"))
+    methods = results["methods"].values()
+
+    def key(attack):
+        if attack in HEADLINES:
+            return HEADLINES[attack][0]
+        if has_oracle and any(m["attacks"].get(attack, {}).get("residual") is not None for m in methods):
+            return "residual"
+        return "recovery"
+
+    keys = {a: key(a) for a in attacks}
+    cols = ["model", "forget", "held-out", "forget compl.", "retain", "unrelated"]
+    cols += [f"{a} {HEADLINES[a][1] if a in HEADLINES else keys[a]}" for a in attacks]
+    margin = "rtt" in attacks and "unrelated" in attacks
+    if margin:
+        cols.append(f"rtt − unrelated {keys['rtt']}")
+
+    def accs(r):
+        compl = r["sets"].get("forget_completion", {}).get("acc")
+        return [r["forget_acc"], r["forget_heldout_acc"], compl, r["retain_acc"], r["unrelated_acc"]]
+
+    rows = [["original", *accs(results["original"])] + [None] * (len(cols) - 6)]
+    if has_oracle:
+        baselines = results.get("baselines", {})
+        own = [baselines.get(a, {}).get("oracle", {}).get(keys[a]) if a in HEADLINES else None for a in attacks]
+        rows.append(["oracle", *accs(results["oracle"]), *own] + [None] * (len(cols) - 6 - len(attacks)))
+    for name, m in results["methods"].items():
+        row = [name, *accs(m), *[m["attacks"].get(a, {}).get(keys[a]) for a in attacks]]
+        if margin:
+            a, b = m["attacks"]["rtt"].get(keys["rtt"]), m["attacks"]["unrelated"].get(keys["rtt"])
+            row.append(None if a is None or b is None else a - b)
+        rows.append(row)
+    return cols, rows
+
+
+def higher_is_better(column: str) -> bool:
+    """Retain and unrelated accuracy should stay high; forget accuracies, recovery, residual
+    knowledge, KRS and the targeted margin should be low."""
+    return column in ("retain", "unrelated")
+
+
+def best_cells(columns: list[str], rows: list[list]) -> set[tuple[int, int]]:
+    """``(row, column)`` of the best value per numeric column among the unlearned models (not
+    original, oracle, or the ``none`` baseline; ties all count)."""
+    def competes(name: str) -> bool:
+        return name not in ("original", "oracle", "none") and not name.startswith("none[")
+
+    best = set()
+    for j, col in enumerate(columns[1:], start=1):
+        values = [(i, r[j]) for i, r in enumerate(rows) if competes(str(r[0])) and isinstance(r[j], int | float)]
+        if len(values) < 2:
+            continue
+        pick = max if higher_is_better(col) else min
+        target = pick(v for _, v in values)
+        best |= {(i, j) for i, v in values if abs(v - target) <= 1e-12}
+    return best
+
+
+def headline(doc: dict) -> dict[tuple[str, str], float | None]:
+    """``{(model, metric): value}``: accuracies of every model, recovery and residual per attack."""
+    out: dict[tuple[str, str], float | None] = {}
+    for model in ("original", "oracle"):
+        if doc.get(model):
+            out.update({(model, k): doc[model].get(k) for k in HEADLINE})
+    for name, m in doc.get("methods", {}).items():
+        out.update({(name, k): m.get(k) for k in HEADLINE})
+        for attack, r in m.get("attacks", {}).items():
+            out.update({(name, f"{attack} {k}"): r.get(k) for k in ("recovery", "residual")})
+    return out
+
+
+def compare_rows(a: dict, b: dict) -> list[dict]:
+    """One row per (target, model, metric) present in either run: both values and b - a."""
+    from ..experiment.store import target_docs
+
+    docs_a = {d.get("concept"): d for d in target_docs(a)}
+    docs_b = {d.get("concept"): d for d in target_docs(b)}
+    rows = []
+    for concept in list(docs_a) + [c for c in docs_b if c not in docs_a]:
+        ha, hb = headline(docs_a.get(concept, {})), headline(docs_b.get(concept, {}))
+        for key in list(ha) + [k for k in hb if k not in ha]:
+            va, vb = ha.get(key), hb.get(key)
+            diff = vb - va if isinstance(va, int | float) and isinstance(vb, int | float) else None
+            rows.append({"target": concept, "model": key[0], "metric": key[1], "a": va, "b": vb, "diff": diff})
+    return rows
