@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 
 from ..experiment.store import load_results, target_docs
-from .figures import krs_heatmap_plot, relearn_plot, save, tradeoff_plot
+from .figures import krs_heatmap_plot, reemergence_plot, relearn_plot, save, tradeoff_plot
 from .tables import best_cells, summary_rows
 
 CSS = """
@@ -93,7 +93,9 @@ def target_section(doc: dict, figures: Path, stem: str) -> str:
              "(lowest, except retain and unrelated accuracy).</p>"]
     plots = [("tradeoff", tradeoff_plot, "Forget vs unrelated QA accuracy, one point per method setting."),
              ("relearn", relearn_plot, "Relearning curves: accuracy on each attack's evaluation set by step."),
-             ("krs", krs_heatmap_plot, "Knowledge recovery score of restoring vanilla components, by layer window.")]
+             ("krs", krs_heatmap_plot, "Knowledge recovery score of restoring vanilla components, by layer window."),
+             ("reemergence", reemergence_plot, "Concept neurons while relearning (rtt): overlap of each model's "
+                                               "top concept neurons with the original's, and saliency by layer and step.")]
     for name, plot, caption in plots:
         fig = plot(doc)
         if fig is not None:
