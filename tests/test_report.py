@@ -47,7 +47,7 @@ def test_report_escapes_user_text(evil_run):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "&lt;img src=x onerror=&quot;alert(2)&quot;&gt;" in html          # the setting's name, escaped
     assert "escape &lt;test&gt;" in html                                      # the experiment's name and file
-    assert html.count('src="data:image/png;base64,') == 3                     # trade-off, relearning, KRS
+    assert html.count('src="data:image/png;base64,') == 4                     # trade-off, relearning, KRS, re-emergence
     for stem in ("tradeoff", "relearn", "krs"):
         assert (run_dir / "figures" / f"{stem}.png").stat().st_size > 1000
         assert (run_dir / "figures" / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
@@ -59,7 +59,7 @@ def test_report_command(evil_run):
     r = run_cli("report", str(run_dir), "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
-    assert Path(doc["report"]).is_file() and len(doc["figures"]) == 6 and doc["seconds"] < 30
+    assert Path(doc["report"]).is_file() and len(doc["figures"]) == 8 and doc["seconds"] < 30
     r = run_cli("report", str(run_dir / "nope"))
     assert r.returncode == 2 and "has no results.json" in r.stderr
 

@@ -68,7 +68,7 @@ def get_audit(name: str) -> AuditSpec:
 
     _load_all()
     if name not in AUDITS:
-        raise UserInputError(f"unknown attack {name!r}; choose one of: {', '.join(AUDITS)}")
+        raise UserInputError(f"unknown attack {name!r}; choose one of: {', '.join(audit_names())}")
     return AUDITS[name]
 
 
@@ -82,7 +82,10 @@ def sample_items(items: Sequence, n: int | None, seed: int) -> list:
 
 
 def audit_names() -> list[str]:
-    from . import _load_all
+    """Every attack, in the order of the audit modules (relearning first), whatever order other
+    imports registered them in."""
+    from . import _MODULES, _load_all
 
     _load_all()
-    return list(AUDITS)
+    rank = {f"{__package__}.{m}": i for i, m in enumerate(_MODULES)}
+    return sorted(AUDITS, key=lambda n: rank.get(AUDITS[n].run.__module__, len(rank)))

@@ -10,7 +10,8 @@ checkpoints of the relearning attacks (no extra training):
 
       s(n) = mean over concept tokens of a_n  -  mean over non-concept tokens of a_n
 
-  concept tokens: the forget QA (questions and answers); non-concept: as many retain QA.
+  concept tokens: the forget QA (questions and answers, a seeded sample of 64); non-concept:
+  as many retain QA.
   ``rank(n)`` = s(n)'s normalised rank among all neurons (1 = most concept-salient).
 - **Saliency by layer**: the mean of the top ``top_frac`` scores within each layer.
 - **Top set**: the globally top ``top_frac`` neurons by s; **overlap with the original**: the
@@ -45,13 +46,19 @@ class ConceptProbe:
     top_frac: float = 0.02
 
 
-def concept_probe(subject, target, top_frac: float = 0.02, seed: int = 0) -> ConceptProbe:
+def concept_probe(subject, target, top_frac: float = 0.02, seed: int = 0, max_items: int = 64) -> ConceptProbe:
+    """Up to ``max_items`` forget QA (seeded sample; a mean over this many answers' tokens is
+    stable enough to rank neurons, and it keeps tracking cheap next to relearning) and as many
+    retain QA."""
     tok = subject.tokenizer
-    concept_items = target.all_forget_qa
-    pool = target.retain_qa or target.unrelated_qa
     g = torch.Generator().manual_seed(seed)
-    other = [pool[i] for i in torch.randperm(len(pool), generator=g)[:len(concept_items)].tolist()]
-    words = {q.answer for q in concept_items} | {q.entity for q in concept_items if q.entity}
+
+    def sample(items):
+        return [items[i] for i in sorted(torch.randperm(len(items), generator=g)[:max_items].tolist())]
+
+    concept_items = sample(target.all_forget_qa)
+    other = sample(target.retain_qa or target.unrelated_qa)[:len(concept_items)]
+    words = {q.answer for q in target.all_forget_qa} | {q.entity for q in target.all_forget_qa if q.entity}
     ids = {t for w in words for t in tok(" " + w, add_special_tokens=False)["input_ids"]}
     shared = {t for q in other for t in tok(" " + q.answer, add_special_tokens=False)["input_ids"]}
     return ConceptProbe(encode_qa(tok, concept_items, subject.prompt_template, subject.answer_eos),
@@ -62,7 +69,7 @@ def concept_probe(subject, target, top_frac: float = 0.02, seed: int = 0) -> Con
 def saliency(model, probe: ConceptProbe) -> torch.Tensor:
     """(n_layers, d_mlp) probeless scores: mean coefficient on concept minus on other tokens."""
     sites = [Site("mlp_coefficients", layer) for layer in range(num_layers(model))]
-    a, b = token_means(model, probe.concept, sites), token_means(model, probe.other, sites)
+    a, b = token_means(model, probe.concept, sites, batch_size=128), token_means(model, probe.other, sites, batch_size=128)
     return torch.stack([a[s] - b[s] for s in sites])
 
 

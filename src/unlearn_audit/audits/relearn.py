@@ -201,6 +201,7 @@ def _run_attack(name: str, original, unlearned: dict, oracle, target, params: Re
             "oracle_acc_after": float(orc[-1].mean()) if orc is not None else None,
             "steps_to_50pct": steps_to_fraction(steps, acc.tolist(), 0.5 * original_acc),
             "recovery_auc": curve_auc(steps, rec),
+            "residual_auc": curve_auc(steps, res),
             "curve": {**describe(c), "recovery": rec, "residual": res},
         }
         if method in trackers:
