@@ -87,8 +87,9 @@ def synthetic_qa(n: int, vocab: int, seed: int) -> dict:
 
 
 def step_times(method_name: str, subject, forget: dict, retain: list[dict], overrides: dict, steps: int,
-               repeats: int) -> tuple[float, float, int]:
-    """(median step seconds, max-min spread, tokens with gradients per step)."""
+               repeats: int, target=None) -> tuple[float, float, int]:
+    """(median step seconds, max-min spread, tokens with gradients per step). ``target`` is
+    only needed by methods whose setup reads it (RMU without an absolute ``steering_coeff``)."""
     from unlearn_audit.methods import get_method
     from unlearn_audit.training import TrainConfig, train
 
@@ -100,8 +101,7 @@ def step_times(method_name: str, subject, forget: dict, retain: list[dict], over
         model, reference = work.model, subject.model
         marks = []
         batches = method.stream(forget, retain, params, reference, work.device, subject.tokenizer.pad_token_id)
-        if method_name == "rmu" and not hasattr(method, "_setup"):
-            method.setup(subject, None, params)
+        method.setup(subject, target, params)
         start = time.perf_counter()
         train(model, lambda b, m=model, ref=reference: method.loss(m, b, ref, params), batches,
               TrainConfig(steps=steps, lr=params.lr, max_grad_norm=1.0, seed=r),
@@ -156,9 +156,7 @@ def bench_organism(threads: int, steps: int, repeats: int, peak: float) -> list[
         params = method.params({})
         forget = method.forget_data(full, target, params)
         retain = method.retain_data(full, target) if method.uses_retain else []
-        if name == "rmu":
-            method.setup(full, target, params)
-        median, spread, _ = step_times(name, full, forget, retain, {}, steps, repeats)
+        median, spread, _ = step_times(name, full, forget, retain, {}, steps, repeats, target)
         tokens = params.batch_size * forget["input_ids"].shape[1] * (2 if method.uses_retain else 1)
         out.append({"method": name, "ms": median * 1e3, "spread_ms": spread * 1e3,
                     "mfu_upper": 6 * n_params * tokens / median / (peak * 1e9)})

@@ -104,7 +104,9 @@ def test_concept_vector_ablation_lowers_concept_accuracy(micro, micro_target):
     drop = {k: out["before"][k] - out["concept"][k] for k in ("forget", "retain")}
     assert drop["forget"] >= 0.2, out
     assert drop["forget"] > drop["retain"] + 0.1, out                       # specific to the concept
-    assert out["concept"]["forget"] < out["random"]["forget"] - 0.2, out    # not any 64 vectors
+    # not any 64 vectors: random ones cost retain as much as forget
+    random_drop = {k: out["before"][k] - out["random"][k] for k in ("forget", "retain")}
+    assert drop["forget"] - drop["retain"] > random_drop["forget"] - random_drop["retain"] + 0.1, out
 
 
 def test_concept_vector_trace_is_one_for_itself_and_drops_when_a_vector_changes(micro):

@@ -14,6 +14,7 @@ from unlearn_audit.audits.reemergence import (
     spearman,
     top_set,
 )
+from unlearn_audit.subject.sites import value_vectors
 
 
 class _Toy(torch.nn.Module):
@@ -104,3 +105,19 @@ def test_tracker_summary_shapes(micro, micro_target):
     s = t.summary()
     assert s["overlap_with_original"] == [1.0, 1.0]
     assert 0 <= s["meaningful_top_fraction"][0] <= 1
+
+
+def test_pruned_neurons_score_zero_and_their_regrowth_is_followed(micro, micro_target):
+    full = micro[0]
+    pruned = unlearn(full, micro_target, "prune_neurons", frac=0.1)
+    probe = concept_probe(full, micro_target)
+    scores = saliency(pruned.model, probe)
+    dead = torch.stack([(value_vectors(pruned.model, i) == 0).all(1) for i in range(2)])
+    assert int(dead.sum()) == pruned.info["method"]["pruned"] > 0
+    assert bool((scores[dead] == 0).all()) and bool((scores[~dead] != 0).any())
+    r = audit(full, {"pruned": pruned}, micro_target, attacks=["forget_data"],
+              attack_params={"forget_data": {"steps": [0, 10], "bootstrap": 0}})
+    block = r["methods"]["pruned"]["attacks"]["forget_data"]["reemergence"]
+    assert block["dead_at_start"]["pruned"] == int(dead.sum()) and block["dead_at_start"]["original"] == 0
+    revival = block["dead_revival"]["pruned"]
+    assert revival[0] == 0.0 and 0 < revival[1] < 1  # relearning regrows them, not (yet) fully

@@ -20,7 +20,9 @@ checkpoints of the relearning attacks (no extra training):
   *hides* the concept revives the original's neurons when relearning; an oracle, which never
   knew the concept, has to build it elsewhere.
 - **New neurons by layer**: how many of the current top set are not in the original's, per
-  layer (after pruning: which layers take the pruned neurons' role).
+  layer (after pruning: which layers take the pruned neurons' role). A neuron whose value
+  vector is zero (pruned) scores 0; ``dead_revival`` follows how far relearning regrows the
+  neurons that were dead at the start (their mean value-vector norm over the live ones').
 - **Meaning** (no external embedding needed): a top neuron's value vector projected through
   the unembedding; the fraction of top neurons whose 10 highest tokens include a concept
   token (tokens of the forget answers and entity names).
@@ -66,11 +68,19 @@ def concept_probe(subject, target, top_frac: float = 0.02, seed: int = 0, max_it
                         torch.tensor(sorted(ids - shared), dtype=torch.long), top_frac)
 
 
+def value_norms(model) -> torch.Tensor:
+    """(n_layers, d_mlp) norm of every neuron's value vector (0: the neuron writes nothing)."""
+    with torch.no_grad():
+        return torch.stack([value_vectors(model, layer).float().norm(dim=1).cpu() for layer in range(num_layers(model))])
+
+
 def saliency(model, probe: ConceptProbe) -> torch.Tensor:
-    """(n_layers, d_mlp) probeless scores: mean coefficient on concept minus on other tokens."""
+    """(n_layers, d_mlp) probeless scores: mean coefficient on concept minus on other tokens.
+    A neuron whose value vector is zero (pruned) scores 0: whatever it reads, it writes nothing."""
     sites = [Site("mlp_coefficients", layer) for layer in range(num_layers(model))]
-    a, b = token_means(model, probe.concept, sites, batch_size=128), token_means(model, probe.other, sites, batch_size=128)
-    return torch.stack([a[s] - b[s] for s in sites])
+    a = token_means(model, probe.concept, sites, batch_size=128)
+    b = token_means(model, probe.other, sites, batch_size=128)
+    return torch.stack([a[s] - b[s] for s in sites]) * (value_norms(model) > 0)
 
 
 def top_set(scores: torch.Tensor, frac: float) -> torch.Tensor:
@@ -128,12 +138,21 @@ class Tracker:
         self.reference_top = top_set(original_scores, probe.top_frac)
         self.scores: list[torch.Tensor] = []
         self.meaningful: list[float | None] = []
+        self.dead: torch.Tensor | None = None      # neurons writing nothing at the first checkpoint
+        self.revival: list[float | None] = []
 
     def __call__(self, model) -> None:
         scores = saliency(model, self.probe)
         self.scores.append(scores)
         self.meaningful.append(meaningful_fraction(model, top_set(scores, self.probe.top_frac),
                                                    self.probe.concept_tokens))
+        norms = value_norms(model)
+        if self.dead is None:
+            self.dead = norms == 0
+        # how far relearning regrows the dead (pruned) neurons: their mean value-vector norm
+        # over the live neurons' mean norm
+        live = norms[~self.dead]
+        self.revival.append(float(norms[self.dead].mean() / live.mean()) if bool(self.dead.any()) and len(live) else None)
 
     def summary(self) -> dict:
         frac = self.probe.top_frac
@@ -142,7 +161,9 @@ class Tracker:
                "overlap_with_original": [jaccard(t, self.reference_top) for t in tops],
                "rank_correlation": [spearman(s, self.reference) for s in self.scores],
                "new_top_by_layer": [(t & ~self.reference_top).sum(1).tolist() for t in tops],
-               "meaningful_top_fraction": self.meaningful}
+               "meaningful_top_fraction": self.meaningful,
+               "dead_at_start": int(self.dead.sum()) if self.dead is not None else 0,
+               "dead_revival": self.revival}
         return out
 
 

@@ -208,7 +208,7 @@ def _run_attack(name: str, original, unlearned: dict, oracle, target, params: Re
             summaries = {method: trackers[method].summary(),
                          **{k: references[k]["reemergence"] for k in base if "reemergence" in references[k]}}
             results[method]["reemergence"] = {"steps": steps, **{
-                key: {k: v[key] for k, v in summaries.items()} for key in summaries[method]}}
+                key: {k: v.get(key) for k, v in summaries.items()} for key in summaries[method]}}
     return {"methods": results, "baselines": {k: describe(v) for k, v in base.items()}}
 
 
