@@ -21,7 +21,15 @@ def _clean(x):
     return x
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_json_atomic(path: Path, doc) -> Path:
+    """Write JSON to a temporary file beside ``path``, then rename it into place (a reader never
+    sees half a file). The file gets the usual permissions (mkstemp's are owner-only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -29,6 +37,7 @@ def write_json_atomic(path: Path, doc) -> Path:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(_clean(doc), f, indent=2)
             f.write("\n")
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

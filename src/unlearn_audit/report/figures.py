@@ -218,7 +218,10 @@ def reemergence_plot(results: dict, attack: str = "rtt"):
     ax.set_title("top neurons ∩ original's (Jaccard)", fontsize=8)
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=5)
-    vmax = max(max(max(row) for row in grid) for grid in series.values()) or 1.0
+    # one colour scale, set by the references (original, oracle): a method far outside it
+    # (ECO corrupts the embeddings of concept inputs) saturates instead of washing out the rest
+    refs = [series[k] for k in ("original", "oracle") if k in series] or list(series.values())
+    vmax = max(max(max(row) for row in grid) for grid in refs) or 1.0
     for i, (name, grid) in enumerate(series.items(), start=1):
         ax = axes[i // cols][i % cols]
         ax.imshow(_layers_by_step(grid), aspect="auto", origin="lower", vmin=0, vmax=vmax, cmap="viridis")

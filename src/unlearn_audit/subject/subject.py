@@ -98,6 +98,9 @@ class Subject:
 
                 save_file({f"{i}.{k}": t.detach().cpu().contiguous() for i, iv in enumerate(self.interventions)
                            for k, t in iv.tensors().items()}, str(tmp / INTERVENTIONS_FILE))
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o777 & ~mask)  # mkdtemp's directory is owner-only
             if path.exists():
                 shutil.rmtree(path)
             os.replace(tmp, path)
