@@ -6,12 +6,14 @@
   MLP 344, vocab 442, untied: 904,832 parameters; batches of 4 QA rows x 44 tokens with the loss
   on the last 12, plus a retain batch of the same shape for methods with a retain term; AdamW
   lr 1e-5, clip 1.0) through the real pipeline (``FineTuneMethod.stream`` + the shared
-  ``train`` loop): median over steps 2..N of several runs, MFU = 6 * params * tokens / time /
-  peak (tokens of every forward with gradients: forget + retain rows);
+  ``train`` loop), after a warm-up run: median over steps 2..N of several runs, MFU = 6 * params
+  * tokens / time / peak (tokens of every forward with gradients, as batched: forget, retain
+  and DPO's chosen side);
 - the same on the default organism (its real forget/retain data, batch 16);
-- peak RSS of a process that unlearns with each method, relative to gradient difference (each
-  method in its own process; the original model is held by every method, the unlearned copy
-  too: a reference model costs nothing extra when its log-probs are precomputed);
+- peak RSS of a process that unlearns with each method on a 25M-parameter Llama, relative to
+  gradient difference (each in its own process; every method holds the original and the
+  unlearned copy; a reference costs nothing extra when its log-probs are precomputed or the
+  frozen original is reused), and NPO with a deep-copied frozen reference for contrast;
 - CLI start-up: ``unlearn-audit --help`` and a 20-step ``unlearn`` on the reference shape, by
   hyperfine when installed (else a median of 5 runs).
 
@@ -86,21 +88,42 @@ def synthetic_qa(n: int, vocab: int, seed: int) -> dict:
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
 
 
+def _tokens(batch: dict) -> int:
+    """Tokens that go through a forward pass with gradients in one step's batch."""
+    n = 0
+    for part in batch.values():
+        n += int(part["input_ids"].numel()) + (_tokens({"c": part["chosen"]}) if "chosen" in part else 0)
+    return n
+
+
 def step_times(method_name: str, subject, forget: dict, retain: list[dict], overrides: dict, steps: int,
-               repeats: int, target=None) -> tuple[float, float, int]:
-    """(median step seconds, max-min spread, tokens with gradients per step). ``target`` is
-    only needed by methods whose setup reads it (RMU without an absolute ``steering_coeff``)."""
+               repeats: int, target=None, frozen_copy: bool = False) -> tuple[float, float, float]:
+    """(median step seconds, max-min spread over runs, mean tokens with gradients per step).
+
+    ``target`` is only needed by methods whose setup reads it (RMU without an absolute
+    ``steering_coeff``). ``frozen_copy`` deep-copies the model as the reference first, the way
+    frameworks without precomputed reference log-probs do (for the memory contrast only).
+    """
+    import copy
+
     from unlearn_audit.methods import get_method
     from unlearn_audit.training import TrainConfig, train
 
     method = get_method(method_name)
     params = method.params({**overrides, "steps": steps})
-    times = []
+    times, tokens = [], []
     for r in range(repeats):
         work = subject.copy()
-        model, reference = work.model, subject.model
+        model = work.model
+        reference = copy.deepcopy(subject.model).eval() if frozen_copy else subject.model
         marks = []
-        batches = method.stream(forget, retain, params, reference, work.device, subject.tokenizer.pad_token_id)
+
+        def counted(it):
+            for b in it:
+                tokens.append(_tokens(b))
+                yield b
+
+        batches = counted(method.stream(forget, retain, params, reference, work.device, subject.tokenizer.pad_token_id))
         method.setup(subject, target, params)
         start = time.perf_counter()
         train(model, lambda b, m=model, ref=reference: method.loss(m, b, ref, params), batches,
@@ -109,9 +132,7 @@ def step_times(method_name: str, subject, forget: dict, retain: list[dict], over
               on_step=lambda s, loss, marks=marks: marks.append(time.perf_counter()))
         deltas = [b - a for a, b in zip([start, *marks[:-1]], marks, strict=True)][1:]  # first step excluded
         times.append(statistics.median(deltas))
-    per_row = next(iter(forget.values())).shape[1]
-    rows = params.batch_size * (2 if method.uses_retain else 1)
-    return statistics.median(times), max(times) - min(times), rows * per_row
+    return statistics.median(times), max(times) - min(times), statistics.mean(tokens)
 
 
 def bench_reference(threads: int, steps: int, repeats: int, peak: float) -> list[dict]:
@@ -121,6 +142,7 @@ def bench_reference(threads: int, steps: int, repeats: int, peak: float) -> list
     subject = reference_subject()
     n_params = sum(p.numel() for p in subject.model.parameters())
     forget, retain = synthetic_qa(64, 442, 0), [synthetic_qa(64, 442, 1)]
+    step_times("gradient_ascent", subject, forget, [], {"batch_size": REF_ROWS}, 10, 1)  # warm-up
     out = []
     for name in METHODS:
         forget_for = forget
@@ -132,10 +154,8 @@ def bench_reference(threads: int, steps: int, repeats: int, peak: float) -> list
             forget_for = {**forget, "ref_logprob": reference_logprobs(subject.model, forget), "chosen": chosen}
         overrides = {"batch_size": REF_ROWS, "lr": 1e-5, **({"steering_coeff": 5.0} if name == "rmu" else {})}
         median, spread, tokens = step_times(name, subject, forget_for, retain, overrides, steps, repeats)
-        passes = 2 if name == "dpo" else 1  # DPO runs chosen and rejected sides with gradients
-        flops = 6 * n_params * tokens * passes
         out.append({"method": name, "ms": median * 1e3, "spread_ms": spread * 1e3,
-                    "mfu": flops / median / (peak * 1e9)})
+                    "mfu": None if name == "rmu" else 6 * n_params * tokens / median / (peak * 1e9)})
     return out
 
 
@@ -156,38 +176,52 @@ def bench_organism(threads: int, steps: int, repeats: int, peak: float) -> list[
         params = method.params({})
         forget = method.forget_data(full, target, params)
         retain = method.retain_data(full, target) if method.uses_retain else []
-        median, spread, _ = step_times(name, full, forget, retain, {}, steps, repeats, target)
-        tokens = params.batch_size * forget["input_ids"].shape[1] * (2 if method.uses_retain else 1)
-        out.append({"method": name, "ms": median * 1e3, "spread_ms": spread * 1e3,
-                    "mfu_upper": 6 * n_params * tokens / median / (peak * 1e9)})
+        median, spread, tokens = step_times(name, full, forget, retain, {}, steps, repeats, target)
+        out.append({"method": name, "ms": median * 1e3, "spread_ms": spread * 1e3, "tokens": tokens,
+                    "mfu": None if name == "rmu" else 6 * n_params * tokens / median / (peak * 1e9)})
     return out
 
 
-def peak_rss_one(name: str, threads: int) -> float:
-    import torch
+MEMORY_SHAPE = dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8)
 
-    from unlearn_audit.methods import get_method
+
+def peak_rss_one(name: str, threads: int, frozen_copy: bool = False) -> float:
+    """Peak RSS (MB) of a process unlearning 20 steps on a 25M-parameter Llama (100 MB of fp32
+    weights, so a second copy of the model would show)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from unlearn_audit.subject.subject import Subject
 
     torch.set_num_threads(threads)
-    subject = reference_subject()
+    small = reference_subject()
+    config = LlamaConfig(vocab_size=442, num_key_value_heads=8, tie_word_embeddings=False, max_position_embeddings=256,
+                         pad_token_id=small.tokenizer.pad_token_id, bos_token_id=small.tokenizer.bos_token_id,
+                         eos_token_id=small.tokenizer.eos_token_id, **MEMORY_SHAPE)
+    torch.manual_seed(0)
+    subject = Subject(LlamaForCausalLM(config), small.tokenizer, "memory-shape", answer_eos=True)
     forget, retain = synthetic_qa(64, 442, 0), [synthetic_qa(64, 442, 1)]
-    method = get_method(name)
     if name == "dpo":
         from unlearn_audit.methods.base import reference_logprobs
 
         chosen = synthetic_qa(64, 442, 2)
         chosen["ref_logprob"] = reference_logprobs(subject.model, chosen)
         forget = {**forget, "ref_logprob": reference_logprobs(subject.model, forget), "chosen": chosen}
-    step_times(name, subject, forget, retain if method.uses_retain else [], {"batch_size": REF_ROWS}, 20, 1)
+    from unlearn_audit.methods import get_method
+
+    uses_retain = get_method(name).uses_retain
+    step_times(name, subject, forget, retain if uses_retain else [], {"batch_size": REF_ROWS}, 20, 1,
+               frozen_copy=frozen_copy)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def bench_memory(threads: int) -> list[dict]:
     rss = {}
-    for name in ("gradient_difference", "npo", "npo_kl", "kl", "dpo"):
-        r = subprocess.run([sys.executable, __file__, "--rss-one", name, "--threads", str(threads)],
-                           capture_output=True, text=True, check=True)
-        rss[name] = float(r.stdout.strip().splitlines()[-1])
+    variants = [(m, False) for m in ("gradient_difference", "npo", "npo_kl", "kl", "dpo")] + [("npo", True)]
+    for name, frozen in variants:
+        r = subprocess.run([sys.executable, __file__, "--rss-one", name, "--threads", str(threads),
+                            *(["--frozen-copy"] if frozen else [])], capture_output=True, text=True, check=True)
+        rss[name + (" (frozen reference copy, for contrast)" if frozen else "")] = float(r.stdout.strip().splitlines()[-1])
     return [{"method": k, "peak_rss_mb": v, "vs_gd": v / rss["gradient_difference"]} for k, v in rss.items()]
 
 
@@ -222,6 +256,11 @@ def bench_cli(threads: int) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _pct(x: float | None) -> str:
+    """MFU as a percentage; RMU runs only part of the model, so 6 * params * tokens overstates it."""
+    return "n/a (partial forward)" if x is None else f"{x:.0%}"
+
+
 def machine() -> str:
     import platform
 
@@ -245,9 +284,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip", default="", help="comma list of parts to skip: reference,organism,memory,cli")
     ap.add_argument("--rss-one", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--frozen-copy", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.rss_one:
-        print(peak_rss_one(args.rss_one, args.threads))
+        print(peak_rss_one(args.rss_one, args.threads, args.frozen_copy))
         return
     skip = set(args.skip.split(","))
     peak = matmul_peak(args.threads)
@@ -259,17 +299,19 @@ def main() -> None:
         print("| method | step ms | spread ms (max-min of runs) | MFU |")
         print("|---|---|---|---|")
         for r in bench_reference(args.threads, args.steps, args.repeats, peak):
-            print(f"| {r['method']} | {r['ms']:.1f} | {r['spread_ms']:.1f} | {r['mfu']:.0%} |")
+            print(f"| {r['method']} | {r['ms']:.1f} | {r['spread_ms']:.1f} | {_pct(r['mfu'])} |")
         print()
     if "organism" not in skip:
-        print("Default organism (its forget/retain data, default batch size; MFU counts padded tokens):\n")
-        print("| method | step ms | spread ms | MFU (padded tokens) |")
-        print("|---|---|---|---|")
+        print("Default organism (its forget/retain data and default batch size; tokens per step as batched, "
+              "padding included):\n")
+        print("| method | step ms | spread ms | tokens/step | MFU |")
+        print("|---|---|---|---|---|")
         for r in bench_organism(args.threads, args.steps, args.repeats, peak):
-            print(f"| {r['method']} | {r['ms']:.1f} | {r['spread_ms']:.1f} | {r['mfu_upper']:.0%} |")
+            print(f"| {r['method']} | {r['ms']:.1f} | {r['spread_ms']:.1f} | {r['tokens']:.0f} | {_pct(r['mfu'])} |")
         print()
     if "memory" not in skip:
-        print("Peak RSS of a process unlearning 20 steps on the reference shape:\n")
+        print("Peak RSS of a process unlearning 20 steps on a 25M-parameter Llama (hidden 512, 8 layers; "
+              "100 MB of weights):\n")
         print("| method | peak RSS MB | vs gradient_difference |")
         print("|---|---|---|")
         for r in bench_memory(args.threads):

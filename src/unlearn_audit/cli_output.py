@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from .report.tables import fmt  # one cell format for terminal and HTML tables
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout instead of a table.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the world, initialisation and data order.")]
 PresetOpt = Annotated[str, typer.Option("--preset", help="micro (seconds, tests), default (~1.2M params) or large.")]
@@ -42,12 +44,6 @@ def table(title: str, columns: list[str], rows: list[list]) -> None:
     console.print(t)
 
 
-def fmt(x) -> str:
-    if x is None:
-        return "—"
-    if isinstance(x, float):
-        return f"{x:.3f}"
-    return str(x)
 
 
 def print_reemergence(results: dict, attack: str = "rtt") -> None:

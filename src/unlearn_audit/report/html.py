@@ -22,6 +22,7 @@ from pathlib import Path
 from ..experiment.store import load_results, target_docs
 from .figures import krs_heatmap_plot, reemergence_plot, relearn_plot, save, tradeoff_plot
 from .tables import best_cells, summary_rows
+from .tables import fmt as cell
 
 CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1180px;
@@ -46,11 +47,7 @@ def e(text) -> str:
 
 
 def fmt(x) -> str:
-    if x is None:
-        return "—"
-    if isinstance(x, float):
-        return f"{x:.3f}"
-    return e(x)
+    return e(cell(x))
 
 
 def table(columns: list[str], rows: list[list], best: set[tuple[int, int]] = frozenset(),

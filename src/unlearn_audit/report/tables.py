@@ -12,6 +12,15 @@ from __future__ import annotations
 HEADLINE = ("forget_acc", "forget_heldout_acc", "retain_acc", "unrelated_acc")
 
 
+def fmt(x) -> str:
+    """A table cell as text: 3 decimals, an em dash for a missing value."""
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.3f}"
+    return str(x)
+
+
 # attacks whose table column is not residual/recovery: attack -> (result key, column label)
 HEADLINES = {"patching": ("recovery", "KRS"), "weight_distance": ("relative_change", "rel. Δw")}
 # attacks measuring *speed*: their column is the mean of the residual (recovery) curve over the
