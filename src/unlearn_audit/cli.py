@@ -313,7 +313,7 @@ def demo_cmd(
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Forget one concept of the organism with every method and attack each one."""
+    """Forget one concept of the organism with one method of each family (--methods all: all) and attack each."""
     from .api import DEFAULT_ATTACKS
     from .audits import audit_names
     from .experiment.demo import DEMO_METHODS, parse_list, run_demo

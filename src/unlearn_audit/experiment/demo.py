@@ -1,4 +1,4 @@
-"""The demo: forget one concept of the organism with every method, attack each, write a run.
+"""The demo: forget one concept of the organism with one method of each family, attack each, write a run.
 
     unlearn-audit demo [--methods a,b|all] [--attacks a,b|all] [--seed N] [--out DIR]
 
