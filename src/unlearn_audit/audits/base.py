@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from ..errors import UserInputError
+from ..params import validate_params
 
 
 class AuditParams(BaseModel):
@@ -39,15 +40,7 @@ class AuditSpec:
     references: Callable[..., dict] | None = None  # (original, oracle, target, params) -> JSON dict
 
     def params(self, values: Mapping[str, Any] | None = None) -> AuditParams:
-        try:
-            return self.Params(**dict(values or {}))
-        except ValidationError as e:
-            err = e.errors()[0]
-            key = ".".join(str(x) for x in err["loc"]) or "?"
-            if err["type"] == "extra_forbidden":
-                raise UserInputError(f"attack {self.name!r} has no parameter {key!r}; its parameters: "
-                                     + ", ".join(self.Params.model_fields)) from None
-            raise UserInputError(f"attack {self.name!r} parameter {key!r}: {err['msg']}") from None
+        return validate_params(self.Params, values, f"attack {self.name!r}")
 
 
 AUDITS: dict[str, AuditSpec] = {}

@@ -146,10 +146,11 @@ def _setup(name: str, original, target, params: RelearnParams):
     return attack, curve, trackers
 
 
-def _references(name: str, original, oracle, target, params: RelearnParams) -> dict:
+def _references(name: str, original, oracle, target, params: RelearnParams, setup=None) -> dict:
     """The curves of the original and the oracle, as JSON (per-item correctness kept: the
-    bootstrap intervals of every method resample the same items)."""
-    _, curve, trackers = _setup(name, original, target, params)
+    bootstrap intervals of every method resample the same items). ``setup``: the attack's
+    :func:`_setup` when the caller has it already."""
+    _, curve, trackers = setup or _setup(name, original, target, params)
     base = {"original": curve(original, "original")}
     if oracle is not None:
         base["oracle"] = curve(oracle, "oracle")
@@ -160,9 +161,10 @@ def _references(name: str, original, oracle, target, params: RelearnParams) -> d
 
 def _run_attack(name: str, original, unlearned: dict, oracle, target, params: RelearnParams,
                 references: dict | None = None) -> dict:
-    attack, curve, trackers = _setup(name, original, target, params)
+    setup = _setup(name, original, target, params)
+    attack, curve, trackers = setup
     if references is None:
-        references = _references(name, original, oracle, target, params)
+        references = _references(name, original, oracle, target, params, setup)
     base = {k: {"steps": v["steps"], "correct": {s: np.asarray(a, dtype=float) for s, a in v["correct"].items()}}
             for k, v in references.items()}
     if oracle is None:

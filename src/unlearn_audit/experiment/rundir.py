@@ -9,6 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from ..files import usual_permissions
+
 
 def _clean(x):
     """JSON has no NaN/inf: write them as null."""
@@ -21,12 +23,6 @@ def _clean(x):
     return x
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_json_atomic(path: Path, doc) -> Path:
     """Write JSON to a temporary file beside ``path``, then rename it into place (a reader never
     sees half a file). The file gets the usual permissions (mkstemp's are owner-only)."""
@@ -37,7 +33,7 @@ def write_json_atomic(path: Path, doc) -> Path:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(_clean(doc), f, indent=2)
             f.write("\n")
-        os.chmod(tmp, 0o666 & ~_umask())
+        usual_permissions(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -12,11 +12,12 @@ from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..data.encode import concat_batches, encode_qa, encode_texts
 from ..errors import UserInputError
 from ..metrics.likelihood import IGNORE, forward_logits, sequence_logprob
+from ..params import validate_params
 from ..subject.subject import Subject
 from ..training import TrainConfig, seed_everything, shuffled_minibatches, train
 
@@ -68,15 +69,7 @@ class Method:
 
     def params(self, values: Mapping[str, Any] | None = None) -> MethodParams:
         """Validate ``values`` (strings from the CLI are coerced) into this method's Params."""
-        try:
-            return self.Params(**dict(values or {}))
-        except ValidationError as e:
-            err = e.errors()[0]
-            key = ".".join(str(x) for x in err["loc"]) or "?"
-            valid = ", ".join(self.Params.model_fields)
-            if err["type"] == "extra_forbidden":
-                raise UserInputError(f"method {self.name!r} has no parameter {key!r}; its parameters: {valid}") from None
-            raise UserInputError(f"method {self.name!r} parameter {key!r}: {err['msg']}") from None
+        return validate_params(self.Params, values, f"method {self.name!r}")
 
     def run(self, subject: Subject, target, params: MethodParams) -> Subject:
         raise NotImplementedError

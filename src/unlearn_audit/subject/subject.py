@@ -20,6 +20,7 @@ import torch
 
 from ..data.encode import DEFAULT_PROMPT_TEMPLATE
 from ..errors import UserInputError
+from ..files import usual_permissions
 
 INFO_FILE = "unlearn_audit.json"
 INTERVENTIONS_FILE = "interventions.safetensors"
@@ -98,9 +99,7 @@ class Subject:
 
                 save_file({f"{i}.{k}": t.detach().cpu().contiguous() for i, iv in enumerate(self.interventions)
                            for k, t in iv.tensors().items()}, str(tmp / INTERVENTIONS_FILE))
-            mask = os.umask(0)
-            os.umask(mask)
-            os.chmod(tmp, 0o777 & ~mask)  # mkdtemp's directory is owner-only
+            usual_permissions(tmp, directory=True)
             if path.exists():
                 shutil.rmtree(path)
             os.replace(tmp, path)
