@@ -14,8 +14,9 @@
   gradient difference (each in its own process; every method holds the original and the
   unlearned copy; a reference costs nothing extra when its log-probs are precomputed or the
   frozen original is reused), and NPO with a deep-copied frozen reference for contrast;
-- CLI start-up: ``unlearn-audit --help`` and a 20-step ``unlearn`` on the reference shape, by
-  hyperfine when installed (else a median of 5 runs).
+- CLI start-up: ``unlearn-audit --help`` and a 20-step ``unlearn`` on the reference shape (which
+  also evaluates before and after), next to the same 20 steps as a plain script without
+  evaluation (``plain_loop.py``), by hyperfine when installed (else a median of 5 runs).
 
     .venv/bin/python benchmarks/bench_steps.py [--threads 2] [--steps 30] [--repeats 3]
 """
@@ -251,7 +252,10 @@ def bench_cli(threads: int) -> dict:
         save_target(world_target(world, world.concepts[0].name), tmp / "target")
         unlearn = [CLI, "unlearn", "--subject", str(tmp / "model"), "--target", str(tmp / "target"), "--method",
                    "gradient_ascent", "--param", "steps=20", "--param", "batch_size=4", "--out", str(tmp / "out")]
-        return {"help": timed([CLI, "--help"]), "unlearn_20_steps": timed(unlearn)}
+        plain = [sys.executable, str(Path(__file__).with_name("plain_loop.py")), str(tmp / "model"),
+                 str(tmp / "plain-out")]
+        return {"help": timed([CLI, "--help"]), "unlearn_20_steps": timed(unlearn, runs=10),
+                "plain_script_20_steps (no evaluation)": timed(plain, runs=10)}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -319,7 +323,7 @@ def main() -> None:
         print()
     if "cli" not in skip:
         cli = bench_cli(args.threads)
-        print("CLI wall time (" + cli["help"]["tool"] + ", 5 runs after a warm-up):\n")
+        print("CLI wall time (" + cli["help"]["tool"] + ", 5 runs (20-step runs: 10) after a warm-up):\n")
         print("| command | median s | min-max s |")
         print("|---|---|---|")
         for k, v in cli.items():

@@ -90,7 +90,7 @@ class _FixedLogits(torch.nn.Module):
         super().__init__()
         self.logits = torch.nn.Parameter(logits, requires_grad=False)
 
-    def forward(self, input_ids, attention_mask=None):
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
         return type("Out", (), {"logits": self.logits.expand(len(input_ids), -1, -1)})
 
 

@@ -38,7 +38,7 @@ class _Toy(torch.nn.Module):
             block.mlp.up.weight.copy_(torch.tensor([[0.5, 0, 0, 0], [0, 2.0, 0, 0], [0.3, 0, 0, 0]]))
         self.layers = torch.nn.ModuleList([block])
 
-    def forward(self, input_ids, attention_mask=None):
+    def forward(self, input_ids, attention_mask=None, use_cache=None):
         h = self.embed(input_ids)
         for block in self.layers:
             h = h + block.mlp.down_proj(torch.relu(block.mlp.up(h)))

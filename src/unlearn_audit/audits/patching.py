@@ -118,7 +118,7 @@ def krs(mse_restored: torch.Tensor, mse_unlearned: torch.Tensor) -> float | None
 
 
 def _forward(model, batch: dict) -> torch.Tensor:
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
 
 
 def _patched_forward(model, batch: dict, cached: dict[Site, torch.Tensor], wins: list[list[int]],

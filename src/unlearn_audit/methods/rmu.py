@@ -56,7 +56,7 @@ def rmu_loss(h_forget, target, h_retain, h_frozen, mask_forget, mask_retain, alp
 def _layer_output(model, layer: int, batch: dict) -> torch.Tensor:
     """The residual stream leaving ``layer`` (B, T, d); the layers above it are not run."""
     return run_until(model, Site("resid_post", layer),
-                     lambda: model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]))
+                     lambda: model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False))
 
 
 @register_method("rmu")

@@ -161,7 +161,7 @@ def _train(preset: OrganismPreset, world: World, tokenizer, seed: int, exclude: 
                 yield {"input_ids": ids, "labels": ids}
 
     def loss_fn(batch):
-        return model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+        return model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False).loss
 
     state = {"epochs": 0, "accuracy": {}}
 

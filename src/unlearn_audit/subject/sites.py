@@ -370,7 +370,7 @@ def token_means(model, data: Mapping[str, torch.Tensor], sites, transform: Calla
                 batch = to_device(take({k: data[k] for k in ("input_ids", "attention_mask")},
                                        slice(i, i + batch_size)), device)
                 state["mask"] = batch["attention_mask"]
-                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
                 count += int(batch["attention_mask"].sum())
     finally:
         model.train(was_training)
