@@ -18,6 +18,11 @@ from ..data.encode import encode_qa
 from ..world import QA
 from .likelihood import IGNORE, forward_logits, token_logprobs
 
+# Rows per forward pass. Rows are sorted by length first, so a smaller batch pads less; on the
+# reference shape 64 scores 19% faster than 128 on CPU (0.187 vs 0.231 s for 616 rows), on the
+# default organism the same, and a 128k-vocabulary model's logits stay under 1 GB on GPU.
+EVAL_BATCH = 64
+
 
 @dataclass
 class QAScores:
@@ -34,7 +39,7 @@ class QAScores:
 
 
 @torch.no_grad()
-def score_encoded(model, encoded: Mapping[str, torch.Tensor], batch_size: int = 128) -> QAScores:
+def score_encoded(model, encoded: Mapping[str, torch.Tensor], batch_size: int = EVAL_BATCH) -> QAScores:
     """Teacher-forced correctness and NLL of every row of a pre-encoded QA set."""
     was_training = model.training
     model.eval()
@@ -60,7 +65,7 @@ def score_encoded(model, encoded: Mapping[str, torch.Tensor], batch_size: int = 
     return QAScores(correct, nll)
 
 
-def evaluate_qa(subject, items: Sequence[QA], batch_size: int = 128) -> QAScores:
+def evaluate_qa(subject, items: Sequence[QA], batch_size: int = EVAL_BATCH) -> QAScores:
     """Accuracy/NLL of ``subject`` on QA items, asked in the subject's own prompt template."""
     encoded = encode_qa(subject.tokenizer, items, subject.prompt_template, subject.answer_eos)
     return score_encoded(subject.model, encoded, batch_size)
@@ -75,7 +80,7 @@ class EvalSuite:
     the subject the suite was built with).
     """
 
-    def __init__(self, subject, sets: Mapping[str, Sequence[QA]], batch_size: int = 128):
+    def __init__(self, subject, sets: Mapping[str, Sequence[QA]], batch_size: int = EVAL_BATCH):
         self.names = [k for k, v in sets.items() if len(v)]
         self.sizes = [len(sets[k]) for k in self.names]
         self.items = [q for k in self.names for q in sets[k]]
