@@ -19,6 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHES = {
     "steps": [str(HERE / "bench_steps.py")],
+    "compile": [str(HERE / "bench_compile.py")],
     "patching": [str(HERE / "bench_patching.py")],
     "demo": [str(HERE / "bench_demo.py")],
 }
