@@ -78,3 +78,19 @@ def test_perplexity_lower_on_known_text(micro, micro_target):
     full, oracle = micro
     text = micro_target.forget_text[:40]
     assert perplexity(full, text) < 0.5 * perplexity(oracle, text)
+
+
+def test_scores_do_not_depend_on_batch_size(micro, micro_target):
+    """Rows are sorted by length and right-padded per batch: the batch size may change the
+    padding, never a row's correctness or NLL (EVAL_BATCH is a speed setting only)."""
+    from unlearn_audit.metrics.qa import score_encoded
+
+    subject = micro[0]
+    items = micro_target.forget_qa + micro_target.retain_qa[:30] + micro_target.eval_sets()["forget_completion"][:10]
+    enc = encode_qa(subject.tokenizer, items, subject.prompt_template, subject.answer_eos)
+    one = score_encoded(subject.model, enc, batch_size=1)
+    for size in (7, 64, len(items)):
+        other = score_encoded(subject.model, enc, batch_size=size)
+        assert torch.equal(one.correct, other.correct)
+        assert torch.allclose(one.nll, other.nll, atol=1e-4)
+    assert 0 < one.nll.min() and one.correct.any()
