@@ -11,8 +11,9 @@
   median over processes and their range), MFU = 6 * params * tokens / time / peak (tokens of every forward with gradients, as batched: forget, retain
   and DPO's chosen side);
 - the same on the default organism (its real forget/retain data, batch 16);
-- peak RSS of a process that unlearns with each method on a 25M-parameter Llama, relative to
-  gradient difference (each in its own process; every method holds the original and the
+- peak memory of a process that unlearns with each method on a 25M-parameter Llama, relative to
+  gradient difference (RSS on CPU; ``torch.cuda.max_memory_allocated`` with the model on the
+  GPU when one is present) (each in its own process; every method holds the original and the
   unlearned copy; a reference costs nothing extra when its log-probs are precomputed or the
   frozen original is reused), and NPO with a deep-copied frozen reference for contrast;
 - CLI start-up: ``unlearn-audit --help`` and a 20-step ``unlearn`` on the reference shape (which
@@ -213,9 +214,10 @@ def bench_organism(threads: int, steps: int, repeats: int, peak: float) -> list[
 MEMORY_SHAPE = dict(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8)
 
 
-def peak_rss_one(name: str, threads: int, frozen_copy: bool = False) -> float:
-    """Peak RSS (MB) of a process unlearning 20 steps on a 25M-parameter Llama (100 MB of fp32
-    weights, so a second copy of the model would show)."""
+def peak_memory_one(name: str, threads: int, frozen_copy: bool = False) -> dict:
+    """Peak memory (MB) of a process unlearning 20 steps on a 25M-parameter Llama (100 MB of
+    fp32 weights, so a second copy of the model would show): ``rss`` always, and ``cuda``
+    (``torch.cuda.max_memory_allocated``) when a GPU is present, where the model then runs."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -228,6 +230,10 @@ def peak_rss_one(name: str, threads: int, frozen_copy: bool = False) -> float:
                          eos_token_id=small.tokenizer.eos_token_id, **MEMORY_SHAPE)
     torch.manual_seed(0)
     subject = Subject(LlamaForCausalLM(config), small.tokenizer, "memory-shape", answer_eos=True)
+    cuda = torch.cuda.is_available()
+    if cuda:
+        subject.model.to("cuda")
+        torch.cuda.reset_peak_memory_stats()
     forget, retain = synthetic_qa(64, 442, 0), [synthetic_qa(64, 442, 1)]
     if name == "dpo":
         from unlearn_audit.methods.base import reference_logprobs
@@ -240,17 +246,21 @@ def peak_rss_one(name: str, threads: int, frozen_copy: bool = False) -> float:
     uses_retain = get_method(name).uses_retain
     step_times(name, subject, forget, retain if uses_retain else [], {"batch_size": REF_ROWS}, 20, 1,
                frozen_copy=frozen_copy)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "cuda": torch.cuda.max_memory_allocated() / 2**20 if cuda else None}
 
 
 def bench_memory(threads: int) -> list[dict]:
-    rss = {}
+    peaks = {}
     variants = [(m, False) for m in ("gradient_difference", "npo", "npo_gd", "npo_kl", "kl", "dpo")] + [("npo_gd", True)]
     for name, frozen in variants:
-        r = subprocess.run([sys.executable, __file__, "--rss-one", name, "--threads", str(threads),
+        r = subprocess.run([sys.executable, __file__, "--memory-one", name, "--threads", str(threads),
                             *(["--frozen-copy"] if frozen else [])], capture_output=True, text=True, check=True)
-        rss[name + (" (frozen reference copy, for contrast)" if frozen else "")] = float(r.stdout.strip().splitlines()[-1])
-    return [{"method": k, "peak_rss_mb": v, "vs_gd": v / rss["gradient_difference"]} for k, v in rss.items()]
+        peaks[name + (" (frozen reference copy, for contrast)" if frozen else "")] = \
+            json.loads(r.stdout.strip().splitlines()[-1])
+    key = "cuda" if peaks["gradient_difference"]["cuda"] is not None else "rss"
+    return [{"method": k, "peak_mb": v[key], "kind": key, "vs_gd": v[key] / peaks["gradient_difference"][key]}
+            for k, v in peaks.items()]
 
 
 def timed(cmd: list[str], runs: int = 5) -> dict:
@@ -314,14 +324,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip", default="", help="comma list of parts to skip: reference,organism,memory,cli")
-    ap.add_argument("--rss-one", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--memory-one", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--frozen-copy", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--processes", type=int, default=3,
                     help="fresh processes for the reference-shape table (step times move ~15%% between processes)")
     ap.add_argument("--reference-json", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.rss_one:
-        print(peak_rss_one(args.rss_one, args.threads, args.frozen_copy))
+    if args.memory_one:
+        print(json.dumps(peak_memory_one(args.memory_one, args.threads, args.frozen_copy)))
         return
     if args.reference_json:
         print(json.dumps(bench_reference(args.threads, args.steps, args.repeats, matmul_peak(args.threads))))
@@ -349,12 +359,14 @@ def main() -> None:
             print(f"| {r['method']} | {r['ms']:.1f} | {r['spread_ms']:.1f} | {r['tokens']:.0f} | {_pct(r['mfu'])} |")
         print()
     if "memory" not in skip:
-        print("Peak RSS of a process unlearning 20 steps on a 25M-parameter Llama (hidden 512, 8 layers; "
+        rows = bench_memory(args.threads)
+        what = "CUDA max_memory_allocated" if rows[0]["kind"] == "cuda" else "RSS"
+        print(f"Peak {what} of a process unlearning 20 steps on a 25M-parameter Llama (hidden 512, 8 layers; "
               "100 MB of weights):\n")
-        print("| method | peak RSS MB | vs gradient_difference |")
+        print(f"| method | peak {what} MB | vs gradient_difference |")
         print("|---|---|---|")
-        for r in bench_memory(args.threads):
-            print(f"| {r['method']} | {r['peak_rss_mb']:.0f} | {r['vs_gd']:.3f}x |")
+        for r in rows:
+            print(f"| {r['method']} | {r['peak_mb']:.0f} | {r['vs_gd']:.3f}x |")
         print()
     if "cli" not in skip:
         cli = bench_cli(args.threads)
