@@ -12,10 +12,10 @@
   and DPO's chosen side);
 - the same on the default organism (its real forget/retain data, batch 16);
 - peak memory of a process that unlearns with each method on a 25M-parameter Llama, relative to
-  gradient difference (RSS on CPU; ``torch.cuda.max_memory_allocated`` with the model on the
-  GPU when one is present) (each in its own process; every method holds the original and the
+  gradient difference, each in its own process: RSS on CPU, ``torch.cuda.max_memory_allocated``
+  with the model on the GPU when one is present. Every method holds the original and the
   unlearned copy; a reference costs nothing extra when its log-probs are precomputed or the
-  frozen original is reused), and NPO with a deep-copied frozen reference for contrast;
+  frozen original is reused. NPO+GD with a deep-copied frozen reference is the contrast;
 - CLI start-up: ``unlearn-audit --help`` and a 20-step ``unlearn`` on the reference shape (which
   also evaluates before and after), next to the same 20 steps as a plain script without
   evaluation (``plain_loop.py``), by hyperfine when installed (else a median of 5 runs).
