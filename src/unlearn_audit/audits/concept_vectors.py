@@ -54,6 +54,7 @@ from pydantic import Field
 
 from ..data.encode import encode_qa, take
 from ..errors import UserInputError
+from ..metrics.likelihood import forward
 from ..metrics.qa import EvalSuite
 from ..metrics.recovery import recovery, residual
 from ..subject.sites import Site, num_layers, patched_weights, record, unembed, value_vectors
@@ -119,7 +120,7 @@ def attribution_scores(subject, forget: Sequence[QA], retain: Sequence[QA], chun
             for i in range(0, data["input_ids"].shape[0], batch_size):
                 batch = take(data, slice(i, i + batch_size))
                 ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-                acts = record(model, sites, lambda ids=ids, mask=mask: model(input_ids=ids, attention_mask=mask, use_cache=False))
+                acts = record(model, sites, lambda ids=ids, mask=mask: forward(model, ids, mask))
                 target = batch["labels"][:, 1:]                               # (B, T-1)
                 scored = target != -100
                 cols = column[target[scored]]                                 # (P,)

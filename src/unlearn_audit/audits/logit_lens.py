@@ -23,6 +23,7 @@ from pydantic import Field
 
 from ..data.encode import encode_qa
 from ..errors import UserInputError
+from ..metrics.likelihood import forward
 from ..metrics.recovery import recovery, residual
 from ..subject.sites import Site, num_layers, record, unembed
 from .base import AuditParams, register_audit
@@ -51,7 +52,7 @@ def lens(subject, items, batch_size: int = 64) -> dict:
         for i in range(0, len(items), batch_size):
             sl = slice(i, i + batch_size)
             ids, mask = data["input_ids"][sl].to(device), data["attention_mask"][sl].to(device)
-            acts = record(model, sites, lambda ids=ids, mask=mask: model(input_ids=ids, attention_mask=mask, use_cache=False))
+            acts = record(model, sites, lambda ids=ids, mask=mask: forward(model, ids, mask))
             rows = torch.arange(ids.shape[0])
             for layer, site in enumerate(sites):
                 logits = unembed(model, acts[site][rows, position[sl].to(device)]).float()   # (B, V)

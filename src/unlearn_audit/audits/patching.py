@@ -49,6 +49,7 @@ from pydantic import Field
 from .. import progress
 from ..errors import UserInputError
 from ..metrics.generation import greedy_continuations
+from ..metrics.likelihood import forward_logits
 from ..subject.sites import Site, hooks, num_layers, patched_weights, record, value_vectors
 from ..world import QA
 from .base import AuditParams, register_audit, sample_items
@@ -117,10 +118,6 @@ def krs(mse_restored: torch.Tensor, mse_unlearned: torch.Tensor) -> float | None
     return float((1 - mse_restored[ok] / mse_unlearned[ok]).mean())
 
 
-def _forward(model, batch: dict) -> torch.Tensor:
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-
-
 def _patched_forward(model, batch: dict, cached: dict[Site, torch.Tensor], wins: list[list[int]],
                      kinds: tuple[str, ...], max_rows: int) -> torch.Tensor:
     """Logits (len(wins) * B, T, V) of ``batch`` stacked once per window, copy w restoring
@@ -149,7 +146,7 @@ def _patched_forward(model, batch: dict, cached: dict[Site, torch.Tensor], wins:
 
                 fns[Site(kind, layer)] = restore
         with hooks(model, fns):
-            out.append(_forward(model, stacked))
+            out.append(forward_logits(model, stacked))
     return torch.cat(out)
 
 
@@ -203,9 +200,9 @@ def krs_profile(original, unlearned, items: Sequence[QA], params: PatchingParams
             mask = answer_mask(batch).to(device)
             dev = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
             held = {}
-            cached = record(model_v, sites, lambda dev=dev, held=held: held.setdefault("logits", _forward(model_v, dev)))
+            cached = record(model_v, sites, lambda dev=dev, held=held: held.setdefault("logits", forward_logits(model_v, dev)))
             logits_v = held["logits"]
-            mse_u = per_row_mse(_forward(model_u, dev), logits_v, mask)                    # (B,)
+            mse_u = per_row_mse(forward_logits(model_u, dev), logits_v, mask)                    # (B,)
             mse_u_all.append(mse_u.cpu())
             rep_mask, rep_ref = mask.repeat(len(wins), 1), logits_v.repeat(len(wins), 1, 1)
             for name, kinds in _SITES.items():
@@ -214,7 +211,7 @@ def krs_profile(original, unlearned, items: Sequence[QA], params: PatchingParams
             vv = []
             for win in wins:
                 with patched_weights(model_u, {layer: value_vectors(model_v, layer) for layer in win}):
-                    vv.append(per_row_mse(_forward(model_u, dev), logits_v, mask).cpu())
+                    vv.append(per_row_mse(forward_logits(model_u, dev), logits_v, mask).cpu())
             mse["value_vectors"].append(torch.stack(vv))
             # content control: coefficients from another entity's question, recipient's answer
             chunk_donors = donors[sl]
@@ -224,7 +221,7 @@ def krs_profile(original, unlearned, items: Sequence[QA], params: PatchingParams
                                                 [answers[c + i] for i in have], pad, dev["input_ids"].shape[1])
                 d_dev = {k: d_batch[k].to(device) for k in ("input_ids", "attention_mask")}
                 d_cached = record(model_v, [s for s in sites if s.kind == "mlp_coefficients"],
-                                  lambda d_dev=d_dev: _forward(model_v, d_dev))
+                                  lambda d_dev=d_dev: forward_logits(model_v, d_dev))
                 r_dev = {k: v[have] for k, v in dev.items()}
                 logits = _patched_forward(model_u, r_dev, d_cached, wins, ("mlp_coefficients",), params.max_rows)
                 content_rows.append(per_row_mse(logits, logits_v[have].repeat(len(wins), 1, 1),
@@ -270,15 +267,15 @@ def krs_profile_loop(original, unlearned, items: Sequence[QA], params: PatchingP
             for name in INTERVENTIONS:
                 sites = [Site(k, layer) for k in kinds[name] for layer in win]
                 held = {}
-                cache = record(model_v, sites, lambda b=b, held=held: held.setdefault("v", _forward(model_v, b)))
+                cache = record(model_v, sites, lambda b=b, held=held: held.setdefault("v", forward_logits(model_v, b)))
                 vanilla = held["v"]
-                mse_u = per_row_mse(_forward(model_u, b), vanilla, mask)
+                mse_u = per_row_mse(forward_logits(model_u, b), vanilla, mask)
                 if name == "value_vectors":
                     with patched_weights(model_u, {layer: value_vectors(model_v, layer) for layer in win}):
-                        restored[name].append(per_row_mse(_forward(model_u, b), vanilla, mask))
+                        restored[name].append(per_row_mse(forward_logits(model_u, b), vanilla, mask))
                 else:
                     with hooks(model_u, {s: (lambda x, s=s, cache=cache: cache[s]) for s in sites}):
-                        restored[name].append(per_row_mse(_forward(model_u, b), vanilla, mask))
+                        restored[name].append(per_row_mse(forward_logits(model_u, b), vanilla, mask))
             unlearned_mse.append(mse_u)
         for name in INTERVENTIONS:
             out[name].append(krs(torch.cat(restored[name]), torch.cat(unlearned_mse)))

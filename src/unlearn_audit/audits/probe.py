@@ -52,6 +52,7 @@ from pydantic import Field
 
 from ..data.encode import encode_qa
 from ..errors import UserInputError
+from ..metrics.likelihood import forward
 from ..metrics.linear import fit_probe
 from ..metrics.qa import EvalSuite
 from ..metrics.recovery import recovery, residual
@@ -82,7 +83,7 @@ def last_token_states(subject, items: Sequence[QA], batch_size: int = 64) -> tor
         for i in range(0, len(items), batch_size):
             ids = data["input_ids"][i:i + batch_size].to(device)
             mask = data["attention_mask"][i:i + batch_size].to(device)
-            acts = record(model, sites, lambda ids=ids, mask=mask: model(input_ids=ids, attention_mask=mask, use_cache=False))
+            acts = record(model, sites, lambda ids=ids, mask=mask: forward(model, ids, mask))
             rows, pos = torch.arange(ids.shape[0]), position[i:i + batch_size].to(device)
             out.append(torch.stack([acts[s][rows, pos].float().cpu() for s in sites]))   # (L, B, d)
     finally:

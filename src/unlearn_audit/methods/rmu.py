@@ -26,6 +26,7 @@ from pydantic import Field
 
 from ..data.encode import encode_texts
 from ..errors import UserInputError
+from ..metrics.likelihood import forward
 from ..subject.sites import Site, module_of, num_layers, run_until, token_means
 from .base import FineTuneMethod, FineTuneParams, register_method
 
@@ -56,7 +57,7 @@ def rmu_loss(h_forget, target, h_retain, h_frozen, mask_forget, mask_retain, alp
 def _layer_output(model, layer: int, batch: dict) -> torch.Tensor:
     """The residual stream leaving ``layer`` (B, T, d); the layers above it are not run."""
     return run_until(model, Site("resid_post", layer),
-                     lambda: model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False))
+                     lambda: forward(model, batch["input_ids"], batch["attention_mask"]))
 
 
 @register_method("rmu")

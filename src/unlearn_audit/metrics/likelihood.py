@@ -13,13 +13,19 @@ import torch.nn.functional as F
 IGNORE = -100
 
 
-def forward_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``(B, T, V)`` logits of a batch.
+def forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
+    """The model's output for a batch, the way every scoring, training and hooked pass runs it.
 
     No labels are passed, so HF computes no loss, and no KV cache is built: nothing here
-    generates, and the cache costs about 15% of an evaluation's time on the reference shape.
+    generates, and the cache cost 16% of a gradient-ascent step and 15% of an evaluation on
+    the reference shape (BENCHMARKS.md).
     """
-    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+
+
+def forward_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``(B, T, V)`` logits of a batch (see :func:`forward`)."""
+    return forward(model, batch["input_ids"], batch["attention_mask"]).logits
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UserInputError
+from ..metrics.likelihood import forward
 
 ACTIVATION_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_coefficients")
 WEIGHT_KINDS = ("mlp_value_vectors",)
@@ -370,7 +371,7 @@ def token_means(model, data: Mapping[str, torch.Tensor], sites, transform: Calla
                 batch = to_device(take({k: data[k] for k in ("input_ids", "attention_mask")},
                                        slice(i, i + batch_size)), device)
                 state["mask"] = batch["attention_mask"]
-                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
+                forward(model, batch["input_ids"], batch["attention_mask"])
                 count += int(batch["attention_mask"].sum())
     finally:
         model.train(was_training)
