@@ -196,25 +196,26 @@ def _check_names_and_params(exp: Experiment, where: str) -> None:
     if len(set(exp.targets)) != len(exp.targets):
         raise UserInputError(f"{where}: targets: a target is listed twice")
     for name, settings in exp.methods.items():
-        if name not in method_names():
-            raise UserInputError(f"{where}: methods: unknown method {name!r}; choose from: {', '.join(method_names())}")
-        if not isinstance(settings, dict):
-            raise UserInputError(f"{where}: methods.{name}: expected a mapping of parameters, not {settings!r}")
-        if "seed" in settings:
-            raise UserInputError(f"{where}: methods.{name}.seed: set seeds at the top level (seeds: [0, 1])")
+        _check_entry(where, "methods", "method", name, settings, method_names(), "parameters")
         for values in method_settings(name, settings):
             _validated_method_params(name, values, where)
     for name, settings in exp.attacks.items():
-        if name not in audit_names():
-            raise UserInputError(f"{where}: attacks: unknown attack {name!r}; choose from: {', '.join(audit_names())}")
-        if not isinstance(settings, dict):
-            raise UserInputError(f"{where}: attacks.{name}: expected a mapping of settings, not {settings!r}")
-        if "seed" in settings:
-            raise UserInputError(f"{where}: attacks.{name}.seed: set seeds at the top level (seeds: [0, 1])")
+        _check_entry(where, "attacks", "attack", name, settings, audit_names(), "settings")
         try:
             get_audit(name).params(settings)
         except UserInputError as e:
             raise UserInputError(f"{where}: attacks.{name}: {e}") from None
+
+
+def _check_entry(where: str, section: str, noun: str, name: str, settings, known: list[str], holds: str) -> None:
+    """A ``methods:``/``attacks:`` entry names a known method/attack and maps its settings,
+    without a seed (seeds are the matrix's, set at the top level)."""
+    if name not in known:
+        raise UserInputError(f"{where}: {section}: unknown {noun} {name!r}; choose from: {', '.join(known)}")
+    if not isinstance(settings, dict):
+        raise UserInputError(f"{where}: {section}.{name}: expected a mapping of {holds}, not {settings!r}")
+    if "seed" in settings:
+        raise UserInputError(f"{where}: {section}.{name}.seed: set seeds at the top level (seeds: [0, 1])")
 
 
 def _validated_method_params(name: str, values: dict, where: str = "experiment", seed: int = 0) -> dict:

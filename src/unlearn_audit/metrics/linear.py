@@ -35,17 +35,23 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float, steps: int = 200) 
     returns ``(w (d,), b)``."""
     w = torch.zeros(x.shape[1], requires_grad=True)
     b = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+    _minimise(lambda: F.binary_cross_entropy_with_logits(x @ w + b, y) + l2 * (w * w).sum(), [w, b], steps)
+    return w.detach(), float(b.detach())
+
+
+def _minimise(loss_fn, params: list[torch.Tensor], steps: int) -> None:
+    """Minimise the convex ``loss_fn()`` over ``params`` in place: L-BFGS with a strong-Wolfe
+    line search, on one thread (see :func:`_one_thread`)."""
+    opt = torch.optim.LBFGS(params, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(x @ w + b, y) + l2 * (w * w).sum()
+        loss = loss_fn()
         loss.backward()
         return loss
 
     with torch.enable_grad(), _one_thread():
         opt.step(closure)
-    return w.detach(), float(b.detach())
 
 
 @dataclass(frozen=True)
@@ -78,14 +84,5 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, n_classes: int, l2: float = 1e-2
     z = (x - mean) / scale                                                       # (N, d)
     w = torch.zeros(x.shape[1], n_classes, requires_grad=True)
     b = torch.zeros(n_classes, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = F.cross_entropy(z @ w + b, y) + l2 * (w * w).sum()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad(), _one_thread():
-        opt.step(closure)
+    _minimise(lambda: F.cross_entropy(z @ w + b, y) + l2 * (w * w).sum(), [w, b], steps)
     return LinearProbe(w.detach(), b.detach(), mean, scale)
