@@ -27,42 +27,25 @@ from pathlib import Path
 os.environ.setdefault("UNLEARN_AUDIT_PROGRESS", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_steps import REF_ROWS, machine, reference_subject, synthetic_qa  # noqa: E402
+from bench_steps import REF_ROWS, machine, organism_data, reference_subject, run_steps, synthetic_qa  # noqa: E402
 
 METHODS = ("gradient_ascent", "npo_gd")
 
 
-def run(method_name: str, subject, forget: dict, retain: list[dict], overrides: dict, steps: int,
-        compiled: bool) -> list[float]:
-    """Seconds of every step of one seeded run (loss, backward, clip, AdamW)."""
+def compare(label: str, subject, data: dict[str, tuple[dict, list[dict], dict]], steps: int) -> None:
     import torch
+    import torch._dynamo
 
     from unlearn_audit.methods import get_method
-    from unlearn_audit.training import TrainConfig, train
-
-    method = get_method(method_name)
-    params = method.params({**overrides, "steps": steps})
-    work = subject.copy()
-    model = work.model
-    forward = torch.compile(model) if compiled else model  # shares the parameters being trained
-    batches = method.stream(forget, retain, params, subject.model, work.device, subject.tokenizer.pad_token_id)
-    marks: list[float] = []
-    start = time.perf_counter()
-    train(model, lambda b: method.loss(forward, b, subject.model, params), batches,
-          TrainConfig(steps=steps, lr=params.lr, max_grad_norm=1.0, seed=0),
-          on_step=lambda s, loss: marks.append(time.perf_counter()))
-    return [b - a for a, b in zip([start, *marks[:-1]], marks, strict=True)]
-
-
-def compare(label: str, subject, data: dict[str, tuple[dict, list[dict], dict]], steps: int) -> None:
-    import torch._dynamo
 
     for name in METHODS:
         forget, retain, overrides = data[name]
-        run(name, subject, forget, retain, overrides, 5, compiled=False)  # warm-up
-        eager = run(name, subject, forget, retain, overrides, steps, compiled=False)
+        method = get_method(name)
+        params = method.params({**overrides, "steps": steps})
+        run_steps(method, method.params({**overrides, "steps": 5}), subject, forget, retain, 5, 0)  # warm-up
+        eager = run_steps(method, params, subject, forget, retain, steps, 0)
         torch._dynamo.reset()
-        comp = run(name, subject, forget, retain, overrides, steps, compiled=True)
+        comp = run_steps(method, params, subject, forget, retain, steps, 0, wrap=torch.compile)
         e_step, c_step = statistics.median(eager[5:]), statistics.median(comp[10:])
         extra = sum(comp) - sum(eager)
         gain = e_step - c_step
@@ -83,7 +66,6 @@ def main() -> None:
     import torch
 
     from unlearn_audit.api import target_for
-    from unlearn_audit.methods import get_method
     from unlearn_audit.subject.organism import organism
 
     torch.set_num_threads(args.threads)
@@ -99,11 +81,7 @@ def main() -> None:
     compare("reference shape", ref, ref_data, args.steps)
     full, _ = organism("default", 0)
     target = target_for("world:0", full)
-    org_data = {}
-    for name in METHODS:
-        m = get_method(name)
-        p = m.params({})
-        org_data[name] = (m.forget_data(full, target, p), m.retain_data(full, target) if m.uses_retain else [], {})
+    org_data = {name: (*organism_data(full, target, name), {}) for name in METHODS}
     compare("default organism", full, org_data, args.steps)
 
 

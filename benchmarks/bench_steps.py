@@ -100,6 +100,40 @@ def _tokens(batch: dict) -> int:
     return n
 
 
+def run_steps(method, params, subject, forget: dict, retain: list[dict], steps: int, seed: int, target=None,
+              reference=None, wrap=None, on_batch=None) -> list[float]:
+    """Seconds of every step (the first included) of one seeded run of ``method`` through
+    ``FineTuneMethod.stream`` and the shared ``train`` loop, on a copy of ``subject``.
+
+    ``reference`` defaults to the original model; ``wrap`` turns the trained model into the
+    module the loss calls (``torch.compile``; it shares the parameters); ``on_batch`` sees every
+    batch before it is used.
+    """
+    from unlearn_audit.training import TrainConfig, train
+
+    work = subject.copy()
+    model = work.model
+    reference = subject.model if reference is None else reference
+    forward = wrap(model) if wrap else model
+    batches = method.stream(forget, retain, params, reference, work.device, subject.tokenizer.pad_token_id)
+    if on_batch is not None:
+        batches = _seen(batches, on_batch)
+    method.setup(subject, target, params)
+    marks: list[float] = []
+    start = time.perf_counter()
+    train(model, lambda b: method.loss(forward, b, reference, params), batches,
+          TrainConfig(steps=steps, lr=params.lr, max_grad_norm=1.0, seed=seed),
+          parameters=method.trainable(model, params),
+          on_step=lambda s, loss: marks.append(time.perf_counter()))
+    return [b - a for a, b in zip([start, *marks[:-1]], marks, strict=True)]
+
+
+def _seen(batches, on_batch):
+    for b in batches:
+        on_batch(b)
+        yield b
+
+
 def step_times(method_name: str, subject, forget: dict, retain: list[dict], overrides: dict, steps: int,
                repeats: int, target=None, frozen_copy: bool = False) -> tuple[float, float, float]:
     """(median step seconds, max-min spread over runs, mean tokens with gradients per step).
@@ -111,32 +145,25 @@ def step_times(method_name: str, subject, forget: dict, retain: list[dict], over
     import copy
 
     from unlearn_audit.methods import get_method
-    from unlearn_audit.training import TrainConfig, train
 
     method = get_method(method_name)
     params = method.params({**overrides, "steps": steps})
     times, tokens = [], []
     for r in range(repeats):
-        work = subject.copy()
-        model = work.model
-        reference = copy.deepcopy(subject.model).eval() if frozen_copy else subject.model
-        marks = []
-
-        def counted(it):
-            for b in it:
-                tokens.append(_tokens(b))
-                yield b
-
-        batches = counted(method.stream(forget, retain, params, reference, work.device, subject.tokenizer.pad_token_id))
-        method.setup(subject, target, params)
-        start = time.perf_counter()
-        train(model, lambda b, m=model, ref=reference: method.loss(m, b, ref, params), batches,
-              TrainConfig(steps=steps, lr=params.lr, max_grad_norm=1.0, seed=r),
-              parameters=method.trainable(model, params),
-              on_step=lambda s, loss, marks=marks: marks.append(time.perf_counter()))
-        deltas = [b - a for a, b in zip([start, *marks[:-1]], marks, strict=True)][1:]  # first step excluded
-        times.append(statistics.median(deltas))
+        reference = copy.deepcopy(subject.model).eval() if frozen_copy else None
+        deltas = run_steps(method, params, subject, forget, retain, steps, r, target, reference,
+                           on_batch=lambda b: tokens.append(_tokens(b)))
+        times.append(statistics.median(deltas[1:]))  # first step excluded
     return statistics.median(times), max(times) - min(times), statistics.mean(tokens)
+
+
+def organism_data(full, target, name: str) -> tuple[dict, list[dict]]:
+    """A method's real forget and retain data on the organism, with its default settings."""
+    from unlearn_audit.methods import get_method
+
+    method = get_method(name)
+    params = method.params({})
+    return method.forget_data(full, target, params), method.retain_data(full, target) if method.uses_retain else []
 
 
 def bench_reference(threads: int, steps: int, repeats: int, peak: float) -> list[dict]:
@@ -192,7 +219,6 @@ def bench_organism(threads: int, steps: int, repeats: int, peak: float) -> list[
     import torch
 
     from unlearn_audit.api import target_for
-    from unlearn_audit.methods import get_method
     from unlearn_audit.subject.organism import organism
 
     torch.set_num_threads(threads)
@@ -201,10 +227,7 @@ def bench_organism(threads: int, steps: int, repeats: int, peak: float) -> list[
     n_params = sum(p.numel() for p in full.model.parameters())
     out = []
     for name in METHODS:
-        method = get_method(name)
-        params = method.params({})
-        forget = method.forget_data(full, target, params)
-        retain = method.retain_data(full, target) if method.uses_retain else []
+        forget, retain = organism_data(full, target, name)
         median, spread, tokens = step_times(name, full, forget, retain, {}, steps, repeats, target)
         out.append({"method": name, "ms": median * 1e3, "spread_ms": spread * 1e3, "tokens": tokens,
                     "mfu": None if name == "rmu" else 6 * n_params * tokens / median / (peak * 1e9)})
