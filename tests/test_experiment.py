@@ -16,9 +16,10 @@ import yaml
 from test_cli import run_cli
 
 from unlearn_audit.errors import UserInputError
-from unlearn_audit.experiment.checkpoint import RunLock, prepare
+from unlearn_audit.experiment.checkpoint import RunLock, begin, check_manifest, clear
 from unlearn_audit.experiment.config import expand, load_experiment, parse_experiment
 from unlearn_audit.experiment.runner import run_experiment
+from unlearn_audit.files import prepare_output_dir
 
 # three cells: none, gradient_ascent at 1 and 2 steps; two attacks that share references
 MATRIX = {
@@ -175,13 +176,22 @@ def test_changed_config_is_refused_and_fresh_clears(reference, tmp_path):
         run_experiment(changed)
     r = run_cli("run", str(tmp_path / "exp.yaml"))
     assert r.returncode == 2 and r.stderr.startswith("error: ") and "--fresh" in r.stderr
-    prepare(out, changed, None, fresh=True)
+    (out / "notes.txt").write_text("mine")
+    (out / "figures").mkdir(exist_ok=True)
+    (out / "figures" / "plot.png").write_bytes(b"mine")
+    manifest, start_over = check_manifest(out, changed, fresh=True)
+    assert manifest is None and start_over
+    clear(out)
     assert not (out / "cells").exists() and not (out / "results.json").exists()
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        ".lock", ".unlearn-audit", "figures", "figures/plot.png", "notes.txt"]  # the user's files stay
+    begin(out, changed, None, manifest)
     assert json.loads((out / "manifest.json").read_text())["config"]["seeds"] == [1]
 
 
 def test_a_locked_run_directory_is_refused(reference, tmp_path):
     exp, _ = load_experiment(write_experiment(tmp_path / "exp.yaml", tmp_path / "run"))
+    prepare_output_dir(tmp_path / "run", "run")
     with RunLock(tmp_path / "run"), pytest.raises(UserInputError, match="another unlearn-audit run is writing"):
         run_experiment(exp)
 

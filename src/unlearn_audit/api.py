@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from . import progress
+from . import faults, progress
 from .data.target import Target, load_target
 from .errors import UserInputError
 from .subject.organism import organism_world
@@ -149,6 +149,7 @@ def audit(original: Subject, unlearned: Subject | Mapping[str, Subject], target:
     for spec, params in specs:
         if on_attack is not None:
             on_attack(spec.name)
+        faults.point("attack")
         start = time.perf_counter()
         extra = {"references": shared["attacks"][spec.name]} if spec.references is not None else {}
         out = spec.run(original, dict(unlearned), oracle, target, params, **extra)

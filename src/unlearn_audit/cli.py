@@ -8,6 +8,7 @@ commands so ``--help`` stays fast.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -41,6 +42,7 @@ app.add_typer(world_app, name="world")
 app.add_typer(organism_app, name="organism")
 
 _state = {"debug": False}
+INTERRUPTED = "error: interrupted; run again to resume (finished work is kept)"
 
 
 @app.callback()
@@ -75,33 +77,26 @@ def world_export(
 ) -> None:
     """Write the world as JSONL: the whole corpus, or with --concept a target directory."""
     from .data.target import save_target, world_target, write_jsonl
+    from .files import prepare_output_dir, write_text_atomic
     from .world import build_world, world_config
     from .world.render import concept_documents, qa_pairs
 
     w = build_world(world_config(preset, seed))
     if concept is not None:
         name = w.concepts[int(concept)].name if concept.isdigit() and int(concept) < len(w.concepts) else w.concept(concept).name
-        save_target(world_target(w, name), out)
+        target = world_target(w, name)
+        save_target(target, prepare_output_dir(out, "world", flag="export directory"))
         print(f"wrote target {name!r} to {out}", file=sys.stderr)
         return
-    out.mkdir(parents=True, exist_ok=True)
+    out = prepare_output_dir(out, "world", flag="export directory")
     import json as _json
-    import os
 
-    tmp = out / "corpus.jsonl.tmp"
-    with tmp.open("w", encoding="utf-8") as f:
-        for c in w.concepts:
-            for doc in concept_documents(w, c.name):
-                f.write(_json.dumps({"text": doc, "concept": c.name}) + "\n")
-    os.replace(tmp, out / "corpus.jsonl")
-    tmp = out / "facts.jsonl.tmp"
-    with tmp.open("w", encoding="utf-8") as f:
-        for fact in w.facts():
-            f.write(_json.dumps(fact.__dict__) + "\n")
-    os.replace(tmp, out / "facts.jsonl")
+    write_text_atomic(out / "corpus.jsonl", "".join(_json.dumps({"text": doc, "concept": c.name}) + "\n"
+                                                    for c in w.concepts for doc in concept_documents(w, c.name)))
+    write_text_atomic(out / "facts.jsonl", "".join(_json.dumps(fact.__dict__) + "\n" for fact in w.facts()))
     for phrasing in ("train", "eval"):
         write_jsonl(out / f"qa_{phrasing}.jsonl", [], [q for e in w.entities.values() for q in qa_pairs(e, phrasing)])
-    (out / "world.json").write_text(_json.dumps({"preset": preset, "seed": seed, "concepts": [
+    write_text_atomic(out / "world.json", _json.dumps({"preset": preset, "seed": seed, "concepts": [
         {"name": c.name, "kind": c.kind, "cities": list(c.cities), "train_entities": list(c.train_entities),
          "heldout_entities": list(c.heldout_entities)} for c in w.concepts]}, indent=2) + "\n")
     print(f"wrote world ({len(w.facts())} facts) to {out}", file=sys.stderr)
@@ -205,6 +200,7 @@ def unlearn_cmd(
 ) -> None:
     """Unlearn a target from a subject with one method and save the result."""
     from .api import target_for, unlearn
+    from .files import prepare_output_dir
     from .methods import get_method
     from .metrics.behaviour import evaluate
     from .metrics.qa import EvalSuite
@@ -212,6 +208,7 @@ def unlearn_cmd(
 
     m = get_method(method)
     params = m.params(parse_params(param))  # validate before loading anything heavy
+    prepare_output_dir(out, "model", create=False)  # refuse a user's directory before any work
     s = load_subject(subject, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     t = target_for(target, s)
     suite = EvalSuite(s, t.eval_sets())  # encoded once for both evaluations
@@ -253,8 +250,11 @@ def audit_cmd(
 
     attacks = parse_list(name, (), audit_names(), "attack")
     overrides = parse_params(param)
+    from .files import prepare_output_dir
+
     for a in attacks:
         get_audit(a).params(overrides)  # validate before loading models
+    prepare_output_dir(out, "run", create=False)  # refuse a user's directory before any work
     kw = dict(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     orig = load_subject(original, **kw)
     unl = load_subject(unlearned, **kw)
@@ -262,7 +262,7 @@ def audit_cmd(
     t = target_for(target, orig)
     method = unl.info.get("method", {}).get("name", "unlearned")
     results = audit(orig, {method: unl}, t, attacks, orc, {a: overrides for a in attacks})
-    paths = write_run(out, results)
+    paths = write_run(prepare_output_dir(out, "run"), results)
     if as_json:
         emit_json({**results, "run_dir": str(out)})
         return
@@ -327,7 +327,8 @@ def demo_cmd(
     if seeds < 1:
         from .errors import UserInputError
         raise UserInputError(f"--seeds must be >= 1, not {seeds}")
-    results, paths = run_demo(preset, seed, method_list, attack_list, out, threads, seeds, fresh)
+    run = run_demo(preset, seed, method_list, attack_list, out, threads, seeds, fresh)
+    results, paths = run.results, run.paths
     if as_json:
         emit_json({**results, "run_dir": str(paths["results"].parent)})
     else:
@@ -338,16 +339,23 @@ def demo_cmd(
               f"{results['timings_s']['total']:.0f} s", file=sys.stderr)
         print(f"run directory: {paths['results'].parent}", file=sys.stderr)
     print(f"report: {paths['report']}", file=sys.stderr)
+    run.raise_if_failed()
 
 
 register_experiment_commands(app)
+
+
+@functools.cache
+def _command():
+    """The click command built from ``app`` (building it reads every signature: build it once)."""
+    return typer.main.get_command(app)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning our errors into one ``error:`` line and an exit code."""
     from .errors import UnlearnAuditError
 
-    command = typer.main.get_command(app)
+    command = _command()
     try:
         rv = command.main(args=argv, prog_name="unlearn-audit", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
@@ -357,13 +365,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except typer.Exit as e:
+        if e.exit_code == 130:  # typer's own translation of KeyboardInterrupt
+            print(INTERRUPTED, file=sys.stderr)
         return e.exit_code
     except typer.Abort:
         print("error: aborted", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("error: interrupted; finished work is kept, run again to resume", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
+    except OSError as e:  # a full disk, a file removed under us: a failure while running
+        if _state["debug"]:
+            raise
+        from .files import describe_os_error
+
+        where = f": {e.filename}" if e.filename else ""
+        print(f"error: {describe_os_error(e)}{where}; finished work is kept, fix it and run again to resume",
+              file=sys.stderr)
+        return 1
     except Exception as e:
         # click's usage errors (typer vendors click, so match by shape, not by class)
         if hasattr(e, "format_message") and hasattr(e, "exit_code"):

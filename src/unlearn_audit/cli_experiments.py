@@ -1,6 +1,6 @@
 """The experiment commands: ``run``, ``results``, ``report``, ``compare``.
 
-    unlearn-audit run experiment.yaml [--fresh] [--out DIR] [--json]
+    unlearn-audit run experiment.yaml [--fresh] [--out DIR] [--dry-run] [--json]
     unlearn-audit results RUN_DIR [--format table|csv|json] [--metric GLOB] [--attack A]
     unlearn-audit report RUN_DIR
     unlearn-audit compare RUN_A RUN_B [--changed] [--json]
@@ -23,15 +23,28 @@ def run_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="Run directory (default: the file's out, else runs/<name>).")] = None,
     threads: ThreadsOpt = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html at the end.")] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate the file, its targets and --out, list the "
+                                          "cells, and stop (loads no model, writes nothing).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run every cell of an experiment file (resuming a killed run), then write results and report."""
-    from .experiment.config import load_experiment
+    from .experiment.config import expand, load_experiment
     from .experiment.runner import run_experiment
+    from .files import prepare_output_dir
 
     exp, text = load_experiment(experiment)
     if threads is not None:
         exp = exp.model_copy(update={"threads": threads})
+    if dry_run:
+        prepare_output_dir(out or exp.run_dir, "run", create=False)
+        cells = [{"target": c.target, "setting": c.setting, "method": c.method, "seed": c.seed, "key": c.key}
+                 for c in expand(exp)]
+        if as_json:
+            emit_json({"name": exp.name, "run_dir": str(out or exp.run_dir), "cells": cells})
+        else:
+            table(f"{exp.name}: {len(cells)} cells, attacks {', '.join(exp.attacks)}",
+                  ["target", "setting", "seed", "key"], [[c["target"], c["setting"], c["seed"], c["key"]] for c in cells])
+        return
     run = run_experiment(exp, text, out=out, fresh=not resume, report=report)
     run_dir = run.paths["results"].parent
     if as_json:
@@ -42,6 +55,7 @@ def run_cmd(
               file=sys.stderr)
     if "report" in run.paths:
         print(f"report: {run.paths['report']}", file=sys.stderr)
+    run.raise_if_failed()
 
 
 def summary_tables(results: dict) -> None:

@@ -15,9 +15,9 @@ import typer
 from .report.tables import fmt  # one cell format for terminal and HTML tables
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout instead of a table.")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of the world, initialisation and data order.")]
+SeedOpt = Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Seed of the world, initialisation and data order.")]
 PresetOpt = Annotated[str, typer.Option("--preset", help="micro (seconds, tests), default (~1.2M params) or large.")]
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", help="CPU threads (default: all cores).")]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, max=4096, help="CPU threads (default: all cores).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, else float32), float32, bfloat16, float16.")]
 

@@ -1,6 +1,7 @@
 """Progress bars and log lines, always on stderr (stdout is reserved for tables and --json).
 
-Set ``UNLEARN_AUDIT_PROGRESS=0`` to silence them (the tests do).
+Set ``UNLEARN_AUDIT_PROGRESS=0`` to silence them (the tests do); warnings (:func:`warn`) are
+printed even then: they say that something the user relies on did not hold.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ def log(message: str) -> None:
     """A line on stderr; ``message`` may use rich markup, so pass user text through :func:`plain`."""
     if enabled():
         console.print(message, highlight=False, soft_wrap=True)  # a log file gets whole lines
+
+
+def warn(message: str) -> None:
+    """A ``warning:`` line on stderr, shown even with progress off; rich markup as in :func:`log`."""
+    console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def plain(text) -> str:

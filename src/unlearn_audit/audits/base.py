@@ -20,15 +20,17 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import UserInputError
-from ..params import validate_params
+from ..params import MAX_SEED, validate_params
 
 
 class AuditParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    seed: int = 0
+    """An attack's settings (pydantic: unknown keys, out-of-range numbers, NaN and inf are errors)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Annotated
 
 import torch
 from pydantic import Field
@@ -45,7 +46,7 @@ from .base import AuditParams, register_audit, sample_items
 
 
 class QuantizeParams(AuditParams):
-    bits: list[int] = Field([8, 4], description="Bit widths to quantize to (2..8).")
+    bits: list[Annotated[int, Field(ge=2, le=8)]] = Field([8, 4], min_length=1, description="Bit widths to quantize to (2..8).")
     group_size: int = Field(128, ge=1, description="Weights per quantization group along the input dimension.")
 
 

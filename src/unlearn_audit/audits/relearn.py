@@ -24,6 +24,7 @@ recovery over the run), and the curves themselves.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import numpy as np
 from pydantic import Field
@@ -34,17 +35,19 @@ from ..errors import UserInputError
 from ..metrics.likelihood import mean_token_nll
 from ..metrics.qa import EvalSuite
 from ..metrics.recovery import bootstrap_intervals, curve_auc, recovery, residual, steps_to_fraction
+from ..params import MAX_STEPS
 from ..training import TrainConfig, seed_everything, shuffled_minibatches, train
 from .base import AuditParams, register_audit
 from .reemergence import Tracker, concept_probe, saliency
 
 
 class RelearnParams(AuditParams):
-    steps: list[int] = Field([0, 1, 2, 5, 10, 20, 50], description="Checkpoints (optimiser steps) to evaluate at.")
+    steps: list[Annotated[int, Field(ge=0, le=MAX_STEPS)]] = Field(
+        [0, 1, 2, 5, 10, 20, 50], min_length=1, description="Checkpoints (optimiser steps) to evaluate at.")
     lr: float = Field(3e-4, gt=0, description="Relearning learning rate (AdamW, constant).")
     batch_size: int = Field(16, ge=1)
-    seeds: int = Field(1, ge=1, description="Relearning runs with seeds seed..seed+seeds-1; curves are averaged.")
-    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for the intervals (0: none).")
+    seeds: int = Field(1, ge=1, le=1000, description="Relearning runs with seeds seed..seed+seeds-1; curves are averaged.")
+    bootstrap: int = Field(1000, ge=0, le=1_000_000, description="Bootstrap resamples for the intervals (0: none).")
     reemergence: bool = Field(True, description="Track concept neurons at every checkpoint (first seed).")
     top_frac: float = Field(0.02, gt=0, lt=1, description="Fraction of MLP neurons in a model's top concept set.")
 

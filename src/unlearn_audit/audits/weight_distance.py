@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..errors import UserInputError
 from ..metrics.qa import EvalSuite
@@ -38,6 +38,13 @@ from .base import AuditParams, register_audit, sample_items
 class WeightDistanceParams(AuditParams):
     alphas: list[float] = Field([0.0, 0.25, 0.5, 0.75, 1.0],
                                 description="Interpolation points between the original (0) and the unlearned model (1).")
+
+    @field_validator("alphas")
+    @classmethod
+    def _two_points(cls, alphas: list[float]) -> list[float]:
+        if len(set(alphas)) < 2:
+            raise ValueError("give at least two different alphas, e.g. [0, 0.5, 1]")
+        return alphas
 
 
 def _params(model) -> dict[str, torch.Tensor]:

@@ -19,6 +19,23 @@ DEFAULT_PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 IGNORE = -100
 
 
+def check_prompt_template(template, where: str) -> str:
+    """``template`` if it is a string whose only field is ``{question}`` (one-line error else)."""
+    import string
+
+    from ..errors import UserInputError
+
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None} if isinstance(template, str) else None
+    except ValueError as e:
+        raise UserInputError(f"{where}: prompt_template {template!r} is not a format string ({e}); "
+                             "write e.g. 'Question: {{question}}\\nAnswer:' (double braces for literal ones)") from None
+    if fields is None or fields - {"question"}:
+        bad = ", ".join(sorted(f"{{{f}}}" for f in (fields or set()) - {"question"})) or "not a string"
+        raise UserInputError(f"{where}: prompt_template may only use {{question}}, not {bad}")
+    return template
+
+
 def render_prompt(item: QA, template: str) -> str:
     return item.question if item.kind == "completion" else template.format(question=item.question)
 

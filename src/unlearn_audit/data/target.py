@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserInputError
+from ..files import read_json, read_text, write_text_atomic
 from ..world import QA, World, build_world, holdout_entities, world_config
 from ..world.render import bios as render_bios
 from ..world.render import completions, concept_texts, qa_pairs, sentences
@@ -182,27 +183,40 @@ def load_target(spec: str | os.PathLike, *, world: World | None = None, seed: in
 def _read_jsonl(path: Path) -> tuple[list[str], list[QA]]:
     texts: list[str] = []
     qas: list[QA] = []
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserInputError(f"{path} line {i}: not valid JSON ({e.msg}); "
-                                     "each line must be one JSON object") from None
-            if isinstance(row, dict) and isinstance(row.get("text"), str):
-                texts.append(row["text"])
-            elif (isinstance(row, dict) and isinstance(row.get("question"), str)
-                  and isinstance(row.get("answer"), str) and row["answer"].strip()):
-                kind = row.get("kind", "qa")
-                if kind not in ("qa", "completion"):
-                    raise UserInputError(f"{path} line {i}: kind must be 'qa' or 'completion', not {kind!r}")
-                qas.append(QA(row["question"], row["answer"].strip(), kind))
-            else:
-                raise UserInputError(f"{path} line {i}: expected {{\"text\": ...}} or "
-                                     "{\"question\": ..., \"answer\": ...} with a non-empty answer")
+    # one read: bad bytes and unreadable paths are one-line errors (files.read_text); split on
+    # newlines only (a JSON string may hold U+2028, which str.splitlines would split on)
+    for i, line in enumerate(read_text(path, "target file").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as e:
+            why = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+            raise UserInputError(f"{path} line {i}: not valid JSON ({why}); "
+                                 "each line must be one JSON object") from None
+        fields = [row.get(k) for k in ("text", "question", "answer")] if isinstance(row, dict) else []
+        if any(isinstance(v, str) and not _is_text(v) for v in fields):
+            raise UserInputError(f"{path} line {i}: holds a lone surrogate (\\ud800-\\udfff), not text")
+        if isinstance(row, dict) and isinstance(row.get("text"), str):
+            texts.append(row["text"])
+        elif (isinstance(row, dict) and isinstance(row.get("question"), str)
+              and isinstance(row.get("answer"), str) and row["answer"].strip()):
+            kind = row.get("kind", "qa")
+            if kind not in ("qa", "completion"):
+                raise UserInputError(f"{path} line {i}: kind must be 'qa' or 'completion', not {kind!r}")
+            qas.append(QA(row["question"], row["answer"].strip(), kind))
+        else:
+            raise UserInputError(f"{path} line {i}: expected {{\"text\": ...}} or "
+                                 "{\"question\": ..., \"answer\": ...} with a non-empty answer")
     return texts, qas
+
+
+def _is_text(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _load_target_dir(path: Path, seed: int) -> Target:
@@ -241,23 +255,18 @@ def _load_target_dir(path: Path, seed: int) -> Target:
                 extra[f.stem] = items
     name = path.name
     if (path / "target.json").is_file():
-        try:
-            name = str(json.loads((path / "target.json").read_text(encoding="utf-8")).get("name", name))
-        except (json.JSONDecodeError, AttributeError):
-            raise UserInputError(f"{path}/target.json must be a JSON object like {{\"name\": ...}}") from None
+        meta = read_json(path / "target.json", "target file")
+        if not isinstance(meta, dict) or not isinstance(meta.get("name", name), str) or not meta.get("name", name).strip():
+            raise UserInputError(f"{path}/target.json must be a JSON object like {{\"name\": ...}} with a non-empty name")
+        name = meta.get("name", name)
     return Target(name, forget_text, forget_qa, heldout_qa, retain_text, retain_qa,
                   unrelated_qa, unrelated_text, extra, holdout_text, {"path": str(path.resolve())})
 
 
 def write_jsonl(path: Path, texts: list[str], qas: list[QA]) -> None:
     """Write texts then QA lines, atomically."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for t in texts:
-            f.write(json.dumps({"text": t}, ensure_ascii=False) + "\n")
-        for q in qas:
-            f.write(json.dumps(q.to_json(), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts)
+                      + "".join(json.dumps(q.to_json(), ensure_ascii=False) + "\n" for q in qas))
 
 
 def save_target(target: Target, out: Path) -> None:
@@ -271,5 +280,4 @@ def save_target(target: Target, out: Path) -> None:
         write_jsonl(out / "holdout.jsonl", target.holdout_text, [])
     for name, items in target.extra_eval.items():
         write_jsonl(out / f"{name}.jsonl", [], items)
-    (out / "target.json").write_text(json.dumps({"name": target.name, **target.source}, indent=2) + "\n",
-                                     encoding="utf-8")
+    write_text_atomic(out / "target.json", json.dumps({"name": target.name, **target.source}, indent=2) + "\n")

@@ -20,21 +20,28 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
+import re
 import sys
 import time
 from pathlib import Path
 
 from .. import progress
 from ..errors import UserInputError
-from .config import Cell, Experiment, config_hash, digest, hashed_config
+from ..files import files_under, write_text_atomic
+from .config import Cell, Experiment, config_hash, digest, hashed_config, threads_used
 from .rundir import _clean, write_json_atomic
 
 FORMAT = 1
 MANIFEST = "manifest.json"
-# everything a run writes; --fresh removes these and nothing else
-OWNED = (MANIFEST, "experiment.yaml", "cells", "shared", "targets", "results.json", "results.sqlite",
-         "curves.jsonl", "curves.csv", "relearn.png", "patching.png", "report.html", "figures")
+# every file a run writes, as a path relative to the run directory; --fresh removes these and
+# nothing else (a user's notes.txt or figures/plot.png beside them stay)
+_TOP = r"manifest\.json|experiment\.yaml|results\.json|results\.sqlite|curves\.jsonl|curves\.csv|" \
+       r"(?:relearn|patching|reemergence)\.png|report\.html"
+_NESTED = r"(?:cells|shared)/[^/]+\.json|figures/(?:\d+-)?(?:tradeoff|relearn|krs|reemergence)\.(?:png|svg)|" \
+          r"targets/\d+-[^/]+/(?:results\.json|curves\.jsonl|curves\.csv|(?:relearn|patching|reemergence)\.png)"
+# the same, and the temporary siblings of each (".results.json.x1y2.json": a killed write)
+OWNED = re.compile(rf"^(?:(?:[^/]+/)*\.)?(?:{_TOP}|{_NESTED})(?:\.[^/]*)?$")
+OWNED_DIRS = ("cells", "shared", "figures", "targets")
 
 
 def seal(doc: dict) -> dict:
@@ -70,7 +77,7 @@ def shared_key(exp: Experiment, target: str, seed: int) -> str:
 
     attacks = {a: get_audit(a).params(s).model_dump(exclude={"seed"}) for a, s in exp.attacks.items()}
     return digest({"subject": exp.subject.model_dump(), "target": target, "seed": seed, "attacks": attacks,
-                   "agreement": exp.agreement})[:20]
+                   "agreement": exp.agreement, "threads": threads_used(exp)})[:20]
 
 
 def shared_path(out: Path, exp: Experiment, target: str, seed: int) -> Path:
@@ -104,56 +111,69 @@ def changed_keys(old: dict, new: dict) -> list[str]:
     return sorted(k for k in set(a) | set(b) if a.get(k, "<absent>") != b.get(k, "<absent>"))
 
 
+def owned(relative: str) -> bool:
+    """Whether a file at ``relative`` (POSIX, under a run directory) is one a run writes."""
+    if OWNED.match(relative):
+        return True
+    head, _, name = relative.rpartition("/")  # a temporary sibling: ".<name>.<random>"
+    return name.startswith(".") and bool(OWNED.match(f"{head}/{name[1:]}".lstrip("/")))
+
+
 def clear(out: Path) -> None:
-    """Remove what a run wrote in ``out`` (and nothing else)."""
-    for name in OWNED:
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
+    """Remove what a run wrote in ``out`` (and nothing else): the files :func:`owned` names,
+    then the run's own folders where they are left empty."""
+    for rel in files_under(out):
+        if owned(rel):
+            (out / rel).unlink()
+    for d in sorted((p for name in OWNED_DIRS for p in [out / name, *(out / name).rglob("*")] if p.is_dir()),
+                    key=lambda p: len(p.parts), reverse=True):
+        if not any(d.iterdir()):
+            d.rmdir()
 
 
-def prepare(out: Path, exp: Experiment, source_text: str | None, fresh: bool, on_change: str = "refuse") -> dict:
-    """Make ``out`` ready for this experiment and return its manifest.
+def check_manifest(out: Path, exp: Experiment, fresh: bool, on_change: str = "refuse") -> tuple[dict | None, bool]:
+    """The manifest of the run in ``out`` to continue, and whether the run starts over.
 
-    With a manifest of a different config hash: ``on_change="refuse"`` raises (the user
-    chooses ``--fresh`` or another directory), ``"fresh"`` starts over (the demo, whose
-    directory it names itself).
+    Starting over: with ``fresh``, or when ``out`` holds a run of a different config hash and
+    ``on_change="fresh"`` (the demo, whose directory it names itself); with ``"refuse"`` that
+    raises (the user chooses ``--fresh`` or another directory). Nothing is changed here.
     """
-    h = config_hash(exp)
     path = out / MANIFEST
-    manifest = None
-    if path.is_file() and not fresh:
-        try:
-            manifest = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, OSError):
-            progress.log(f"[yellow]warning:[/] {path} is unreadable; cells are still checked one by one")
-    if manifest and manifest.get("config_hash") != h:
-        changed = changed_keys(manifest.get("config", {}), hashed_config(exp))
-        what = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
-        if on_change != "fresh":
-            raise UserInputError(f"{out} holds results of a different experiment config (changed: {what or 'unknown'}); "
-                                 "run with --fresh to recompute it there, or choose another --out")
-        progress.log(f"{out}: the config changed ({what}); starting over")
-        fresh = True
     if fresh:
-        clear(out)
-        manifest = None
-    out.mkdir(parents=True, exist_ok=True)
+        return None, True
+    if not path.is_file():
+        return None, False
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        progress.warn(f"{path} is unreadable; cells are still checked one by one")
+        return None, False
+    if not isinstance(manifest, dict) or manifest.get("config_hash") == config_hash(exp):
+        return manifest if isinstance(manifest, dict) else None, False
+    changed = changed_keys(manifest.get("config", {}), hashed_config(exp))
+    what = ", ".join(changed[:6]) + (" ..." if len(changed) > 6 else "")
+    if on_change != "fresh":
+        raise UserInputError(f"{out} holds results of a different experiment config (changed: {what or 'unknown'}); "
+                             "run with --fresh to recompute it there, or choose another --out")
+    progress.log(f"{out}: the config changed ({what}); starting over")
+    return None, True
+
+
+def begin(out: Path, exp: Experiment, source_text: str | None, manifest: dict | None) -> dict:
+    """Record this session in the manifest (a new one when ``manifest`` is None), keep the
+    experiment file as given, and remove temporary files of a killed process."""
     if manifest is None:
-        manifest = {"format": FORMAT, "config_hash": h, "config": hashed_config(exp),
+        manifest = {"format": FORMAT, "config_hash": config_hash(exp), "config": hashed_config(exp),
                     "experiment": exp.model_dump(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "sessions": []}
     manifest["sessions"] = [*manifest.get("sessions", []),
                             {"started": time.strftime("%Y-%m-%dT%H:%M:%S"), "pid": os.getpid(),
                              "argv": sys.argv[1:], "versions": versions()}]
-    write_json_atomic(path, manifest)
+    write_json_atomic(out / MANIFEST, manifest)
     if source_text is None:  # built in Python: keep what was asked for, in the file's format
         import yaml
 
         source_text = yaml.safe_dump(exp.model_dump(exclude_defaults=True), sort_keys=False)
-    (out / ".experiment.yaml.tmp").write_text(source_text, encoding="utf-8")
-    os.replace(out / ".experiment.yaml.tmp", out / "experiment.yaml")
+    write_text_atomic(out / "experiment.yaml", source_text)
     for d in ("cells", "shared"):  # temp files of a killed process
         for stale in (out / d).glob(".*") if (out / d).is_dir() else ():
             stale.unlink(missing_ok=True)

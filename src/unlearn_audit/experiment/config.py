@@ -28,11 +28,12 @@ import json
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import UserInputError
+from ..params import MAX_SEED
 
 
 def _default_attacks() -> dict[str, dict]:
@@ -45,14 +46,27 @@ class SubjectConfig(BaseModel):
     """The model under audit: the built-in organism, or any Hugging Face causal LM."""
 
     model_config = ConfigDict(extra="forbid")
-    organism: str | None = Field(None, description="Organism preset: micro, default or large.")
-    model: str | None = Field(None, description="A model directory or hub name (instead of an organism).")
+    organism: str | None = Field(None, min_length=1, description="Organism preset: micro, default or large.")
+    model: str | None = Field(None, min_length=1, description="A model directory or hub name (instead of an organism).")
     oracle: str | None = Field("auto", description="auto: the organism's oracle for each world target; "
                                "a model path or name; or null for none.")
-    seed: int = Field(0, description="Seed of the organism (its world, initialisation and data order).")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of the organism (its world, initialisation and data order).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")
     trust_remote_code: bool = False
+
+    @field_validator("device")
+    @classmethod
+    def _device_here(cls, device: str) -> str:
+        """A device this machine has (``cuda`` on a CPU-only torch fails here, not mid-run)."""
+        if device != "auto":
+            from ..subject.subject import pick_device
+
+            try:
+                pick_device(device)
+            except UserInputError as e:
+                raise ValueError(str(e)) from None
+        return device
 
     @model_validator(mode="after")
     def _one_kind(self) -> SubjectConfig:
@@ -78,17 +92,20 @@ class Experiment(BaseModel):
     """A whole experiment; see the module docstring and ``docs/experiments.md``."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = Field("experiment", description="A label for reports.")
+    name: str = Field("experiment", min_length=1, max_length=120, pattern=r"^[^/\\\x00-\x1f]+$",
+                      description="A label for reports and the default run directory runs/<name> "
+                                  "(no slashes or control characters).")
     description: str = ""
     subject: SubjectConfig = Field(default_factory=SubjectConfig)
     targets: list[str] = Field(default_factory=lambda: ["world:0"], min_length=1)
     methods: dict[str, dict[str, Any]] = Field(min_length=1)
     attacks: dict[str, dict[str, Any]] = Field(default_factory=_default_attacks)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(default_factory=lambda: [0], min_length=1)
     agreement: bool = Field(True, description="Also score every model's greedy answers against the original's "
                             "(ROUGE-L, BLEU): one generation per QA set and model, the costliest part of evaluating.")
     out: str | None = Field(None, description="Run directory (default runs/<name>).")
-    threads: int | None = Field(None, ge=1, description="CPU threads (default: all cores); not part of the config hash.")
+    threads: int | None = Field(None, ge=1, le=4096, description="CPU threads (default: all cores). The number "
+                                "used is part of the config hash: results differ in the last digits by thread count.")
 
     @model_validator(mode="before")
     @classmethod
@@ -129,22 +146,74 @@ class Cell:
 
 # ----------------------------------------------------------------------------- loading
 
+def _unique_key_loader():
+    """A YAML SafeLoader that refuses a key given twice in one mapping (plain YAML keeps the
+    last one silently: a second ``methods:`` would replace the first)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"key {key!r} is given twice (first on line {seen[key] + 1})",
+                            key_node.start_mark)
+                except TypeError:  # an unhashable key: let the base class say so
+                    break
+                seen[key] = key_node.start_mark.line
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeyLoader
+
+
+def _check_text(value: Any, where: str) -> None:
+    """Every string in the file must be text a file name, a JSON file and a terminal can hold:
+    a lone surrogate (``"\\ud800"``) or a NUL byte would fail only when written, after the run."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_text(k, where)
+            _check_text(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_text(v, f"{where}.{i}")
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserInputError(f"{where or 'a key'}: {value[:40]!r} is not valid text (a lone surrogate); "
+                                 "write plain characters") from None
+        if "\x00" in value:
+            raise UserInputError(f"{where or 'a key'}: contains a NUL character")
+
+
 def load_experiment(path: str | Path) -> tuple[Experiment, str]:
     """Read and validate an experiment file. Returns the experiment and the file's text."""
     import yaml
 
+    from ..files import read_text
+
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"experiment file {str(path)!r} not found; see examples/ for some to copy")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "experiment file")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark else ""
-        raise UserInputError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+        problem = " ".join(str(getattr(e, "problem", None) or e).split())
+        raise UserInputError(f"{path}{where}: not valid YAML ({problem})") from None
+    except RecursionError:
+        raise UserInputError(f"{path}: nested too deeply to be an experiment file") from None
     if not isinstance(data, dict):
         raise UserInputError(f"{path}: expected a mapping of keys (subject, targets, methods, attacks, seeds, out)")
+    try:
+        _check_text(data, "")
+    except UserInputError as e:
+        raise UserInputError(f"{path}: {e}") from None
     return parse_experiment(data, str(path)), text
 
 
@@ -181,18 +250,16 @@ def _describe(e: ValidationError, model: type[BaseModel]) -> str:
 
 def _check_names_and_params(exp: Experiment, where: str) -> None:
     from ..audits import audit_names, get_audit
-    from ..data.target import parse_world_spec
     from ..methods import method_names
 
     for i, target in enumerate(exp.targets):
-        if target.startswith("world:"):
-            try:
-                parse_world_spec(target)
-            except UserInputError as e:
-                raise UserInputError(f"{where}: targets.{i}: {e}") from None
-        elif not Path(target).is_dir():
+        if not target.startswith("world:") and not Path(target).is_dir():
             raise UserInputError(f"{where}: targets.{i}: {target!r} is neither world:<concept> nor a directory "
                                  "holding forget.jsonl and retain.jsonl")
+        try:  # read every target now (milliseconds), so a bad one fails before any run directory exists
+            load_config_target(exp, target)
+        except UserInputError as e:
+            raise UserInputError(f"{where}: targets.{i}: {e}") from None
     if len(set(exp.targets)) != len(exp.targets):
         raise UserInputError(f"{where}: targets: a target is listed twice")
     for name, settings in exp.methods.items():
@@ -205,6 +272,20 @@ def _check_names_and_params(exp: Experiment, where: str) -> None:
             get_audit(name).params(settings)
         except UserInputError as e:
             raise UserInputError(f"{where}: attacks.{name}: {e}") from None
+
+
+def load_config_target(exp: Experiment, spec: str):
+    """The target ``spec`` as the runner will see it: a ``world:`` concept resolves in the
+    organism's own world (the runner's ``target_for``), without loading any model."""
+    from ..data.target import load_target, parse_world_spec
+    from ..world import build_world, world_config
+
+    world = None
+    if spec.startswith("world:") and exp.subject.organism:
+        preset, _, seed = parse_world_spec(spec)
+        if preset is None and seed is None:
+            world = build_world(world_config(exp.subject.organism, exp.subject.seed))
+    return load_target(spec, world=world)
 
 
 def _check_entry(where: str, section: str, noun: str, name: str, settings, known: list[str], holds: str) -> None:
@@ -269,12 +350,21 @@ def digest(doc: Any) -> str:
 
 def config_hash(exp: Experiment) -> str:
     """Hash of everything that determines the numbers (not ``out``, ``threads``, ``name`` or
-    ``description``): a run directory refuses to resume under a different hash."""
+    ``description``; the number of threads used is in): a run directory refuses to resume under a
+    different hash."""
     return digest(hashed_config(exp))[:16]
 
 
+def threads_used(exp: Experiment) -> int:
+    """CPU threads the run computes with: float sums are ordered by thread, so the last digits
+    of a result depend on it (by up to ~1e-7), and a resumed run must not mix counts."""
+    import os
+
+    return exp.threads or os.cpu_count() or 1
+
+
 def hashed_config(exp: Experiment) -> dict:
-    return exp.model_dump(exclude={"out", "threads", "name", "description"})
+    return {**exp.model_dump(exclude={"out", "threads", "name", "description"}), "threads": threads_used(exp)}
 
 
 def expand(exp: Experiment) -> list[Cell]:
@@ -299,7 +389,7 @@ def expand(exp: Experiment) -> list[Cell]:
                     setting = f"{method}[{','.join(shown)}]" if shown else method
                     key = digest({"subject": exp.subject.model_dump(), "target": target, "method": method,
                                   "params": params, "seed": seed, "attacks": attacks,
-                                  "agreement": exp.agreement})[:20]
+                                  "agreement": exp.agreement, "threads": threads_used(exp)})[:20]
                     cells.append(Cell(target, method, params, setting, seed, key))
     seen: dict[tuple[str, str], Cell] = {}
     for c in cells:

@@ -54,14 +54,14 @@ def demo_experiment(preset: str = "default", seed: int = 0, methods: list[str] |
 
 def run_demo(preset: str = "default", seed: int = 0, methods: list[str] | None = None,
              attacks: list[str] | None = None, out: str | Path | None = None,
-             threads: int | None = None, seeds: int = 1, fresh: bool = False) -> tuple[dict, dict[str, Path]]:
+             threads: int | None = None, seeds: int = 1, fresh: bool = False):
     """Train/load the organism, unlearn its first concept with each method, run the attacks.
 
-    Returns the results (``results.json`` content) and the paths written (``report`` among them).
+    Returns the :class:`~.runner.RunOutcome`: the results (``results.json`` content), the paths
+    written (``report`` among them) and any cells that failed.
     """
     from .runner import run_experiment
 
     exp = demo_experiment(preset, seed, methods, attacks, out, threads, seeds)
     extra = {"demo": {"preset": preset, "seed": seed, "methods": list(exp.methods), "attacks": list(exp.attacks)}}
-    run = run_experiment(exp, fresh=fresh, on_change="fresh", extra=extra)
-    return run.results, run.paths
+    return run_experiment(exp, fresh=fresh, on_change="fresh", extra=extra)

@@ -5,11 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
-from ..files import usual_permissions
+from ..files import atomic_path, write_text_atomic
 
 
 def _clean(x):
@@ -28,17 +26,7 @@ def write_json_atomic(path: Path, doc) -> Path:
     sees half a file). The file gets the usual permissions (mkstemp's are owner-only)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(_clean(doc), f, indent=2)
-            f.write("\n")
-        usual_permissions(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_text_atomic(path, json.dumps(_clean(doc), indent=2) + "\n")
 
 
 def curve_rows(results: dict) -> list[dict]:
@@ -74,15 +62,11 @@ def write_run(out: Path, results: dict) -> dict[str, Path]:
     paths = {"results": write_json_atomic(out / "results.json", results)}
     rows = [_clean(r) for r in curve_rows(results)]
     if rows:
-        tmp = out / ".curves.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        os.replace(tmp, out / "curves.jsonl")
-        tmp = out / ".curves.csv.tmp"
-        with tmp.open("w", newline="") as f:
+        write_text_atomic(out / "curves.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        with atomic_path(out / "curves.csv") as tmp, tmp.open("w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-        os.replace(tmp, out / "curves.csv")
         paths["curves"] = out / "curves.csv"
     fig = relearn_figure(results, out / "relearn.png")
     if fig:

@@ -20,11 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import progress
+from ..errors import RunError, UnlearnAuditError
+from ..files import prepare_output_dir
 from .checkpoint import (
     FORMAT,
     RunLock,
+    begin,
     cell_path,
-    prepare,
+    check_manifest,
+    clear,
     read_sealed,
     seal,
     shared_key,
@@ -44,6 +48,15 @@ class RunOutcome:
     paths: dict[str, Path]
     computed: list[str] = field(default_factory=list)
     reused: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # setting -> why, for cells that raised
+
+    def raise_if_failed(self) -> None:
+        """A :class:`RunError` naming the failed cells (after their results were written)."""
+        if self.failed:
+            first, why = next(iter(self.failed.items()))
+            total = len(self.failed) + len(self.computed) + len(self.reused)
+            raise RunError(f"{len(self.failed)} of {total} cells failed ({first}: {why}); the results and the "
+                           "report mark them; run again to retry them")
 
 
 class Subjects:
@@ -67,6 +80,13 @@ class Subjects:
                          trust_remote_code=self.cfg.trust_remote_code)
         self.load_s += time.perf_counter() - start
         return s
+
+    def load_all(self, targets: list[str]) -> None:
+        """Load the original, every target and every oracle now: what can still fail at run
+        time fails before a run that starts over deletes anything."""
+        for spec in targets:
+            self.target(spec)
+            self.oracle(spec)
 
     @property
     def original(self):
@@ -116,7 +136,7 @@ def _shared_work(out: Path, exp: Experiment, subjects: Subjects, target: str, se
     if doc is not None:
         return doc
     if damage:
-        progress.log(f"[yellow]warning:[/] {path.name} is damaged ({damage}); recomputing it")
+        progress.warn(f"{path.name} is damaged ({damage}); recomputing it")
     progress.log(f"references on {progress.plain(target)} (seed {seed}): original and oracle")
     refs = references(subjects.original, subjects.target(target), list(exp.attacks), subjects.oracle(target),
                       attack_params(exp, seed), subjects.evaluator(target))
@@ -159,7 +179,7 @@ def _finished_cells(out: Path, cells: list[Cell]) -> dict[str, dict]:
         if doc is not None:
             done[c.key] = doc
         elif damage:
-            progress.log(f"[yellow]warning:[/] cell {progress.plain(c.setting)} (seed {c.seed}): "
+            progress.warn(f"cell {progress.plain(c.setting)} (seed {c.seed}): "
                          f"{cell_path(out, c).name} is damaged ({damage}); recomputing it")
     return done
 
@@ -180,17 +200,25 @@ def run_experiment(exp: Experiment, source_text: str | None = None, *, out: str 
     """
     from ..subject.subject import set_threads
 
-    out = Path(out or exp.run_dir)
     cells = expand(exp)
+    out = prepare_output_dir(out or exp.run_dir, "run", create=False)  # refuses a user's directory
+    subjects = Subjects(exp)
+    if not out.exists():
+        subjects.load_all(exp.targets)  # a bad model path fails before the directory exists
+    out = prepare_output_dir(out, "run")
     with RunLock(out):
-        manifest = prepare(out, exp, source_text, fresh, on_change)
+        manifest, start_over = check_manifest(out, exp, fresh, on_change)
+        if start_over:
+            subjects.load_all(exp.targets)  # before anything is deleted
+            clear(out)
+        manifest = begin(out, exp, source_text, manifest)
         set_threads(exp.threads)
         done = _finished_cells(out, cells)
         reused = [c.setting for c in cells if c.key in done]
         computed: list[str] = []
+        failed: dict[str, dict] = {}
         progress.log(f"experiment {progress.plain(repr(exp.name))}: {len(cells)} cells, {len(reused)} finished "
                      f"earlier, {len(cells) - len(reused)} to run; run directory {progress.plain(out)}")
-        subjects = Subjects(exp)
         shared: dict[tuple[str, int], dict] = {}
         start = time.perf_counter()
         with progress.bar("experiment", len(cells)) as overall:
@@ -200,14 +228,20 @@ def run_experiment(exp: Experiment, source_text: str | None = None, *, out: str 
                     shared[(target, seed)] = _shared_work(out, exp, subjects, target, seed)
                     for c in cells:
                         if c.target == target and c.seed == seed and c.key not in done:
-                            label = f"{len(done) + 1}/{len(cells)}"
-                            done[c.key] = _run_cell(out, exp, subjects, c, shared[(target, seed)], label)
-                            computed.append(c.setting)
+                            label = f"{len(done) + len(failed) + 1}/{len(cells)}"
+                            try:
+                                done[c.key] = _run_cell(out, exp, subjects, c, shared[(target, seed)], label)
+                                computed.append(c.setting)
+                            except UnlearnAuditError as e:  # e.g. a diverging grid point: the rest goes on
+                                failed[c.key] = {"target": c.target, "setting": c.setting, "method": c.method,
+                                                 "seed": c.seed, "error": str(e)}
+                                progress.warn(f"cell {label} {progress.plain(c.setting)} (seed {c.seed}) failed: "
+                                              f"{progress.plain(e)}; the other cells go on")
                             overall.advance(info=c.setting)
         if computed:
             progress.log(f"computed {len(computed)} cells in {time.perf_counter() - start:.0f} s "
                          f"(loading models {subjects.load_s:.0f} s)")
-        results = {**assemble(exp, cells, done, shared), **(extra or {})}
+        results = {**assemble(exp, cells, done, shared, failed), **(extra or {})}
         paths = write_outputs(out, results, manifest)
         if report:
             from ..report.html import write_report
@@ -215,17 +249,20 @@ def run_experiment(exp: Experiment, source_text: str | None = None, *, out: str 
             start = time.perf_counter()
             paths["report"] = write_report(out)
             progress.log(f"report written in {time.perf_counter() - start:.1f} s")
-    return RunOutcome(results, paths, computed, reused)
+    return RunOutcome(results, paths, computed, reused, {f["setting"]: f["error"] for f in failed.values()})
 
 
-def assemble(exp: Experiment, cells: list[Cell], done: dict[str, dict], shared: dict[tuple[str, int], dict]) -> dict:
+def assemble(exp: Experiment, cells: list[Cell], done: dict[str, dict], shared: dict[tuple[str, int], dict],
+             failed: dict[str, dict] | None = None) -> dict:
     """``results.json`` from the stored files: per target the DESIGN.md document (methods keyed
-    by setting name); with several targets, ``targets`` maps each concept to one."""
+    by setting name; cells that failed listed under ``failed`` with their error); with several
+    targets, ``targets`` maps each concept to one."""
+    failed = failed or {}
     docs: dict[str, dict] = {}
     for target in exp.targets:
         first = shared[(target, exp.seeds[0])]
-        mine = [c for c in cells if c.target == target]
-        baselines = {seed: next(done[c.key]["baselines"] for c in mine if c.seed == seed) for seed in exp.seeds}
+        mine = [c for c in cells if c.target == target and c.key in done]
+        baselines = {seed: next((done[c.key]["baselines"] for c in mine if c.seed == seed), {}) for seed in exp.seeds}
         timings: dict[str, float] = {}
         for seed in exp.seeds:
             for k, v in shared[(target, seed)]["timings_s"].items():
@@ -245,6 +282,10 @@ def assemble(exp: Experiment, cells: list[Cell], done: dict[str, dict], shared: 
                               "seeds": exp.seeds, "attacks": list(exp.attacks), "cells": len(mine)}}
         if len(exp.seeds) > 1:
             doc["baselines_by_seed"] = {str(s): b for s, b in baselines.items()}
+        lost = {f["setting"]: {k: f[k] for k in ("method", "seed", "error")}
+                for f in failed.values() if f["target"] == target}
+        if lost:
+            doc["failed"] = lost
         name = doc["concept"] if doc["concept"] not in docs else f"{doc['concept']} ({target})"
         docs[name] = doc
     if len(docs) == 1:

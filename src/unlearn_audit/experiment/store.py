@@ -159,7 +159,10 @@ def load_results(run_dir: Path) -> dict:
     if not path.is_file():
         raise UserInputError(f"{run_dir} has no results.json; give a run directory written by "
                              "`unlearn-audit run`, `demo` or `audit`")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise UserInputError(f"{path} is not valid JSON ({e.msg}); run the experiment again to rewrite it") from None
+    from ..files import read_json
+
+    doc = read_json(path, "results file")
+    if not isinstance(doc, dict) or not isinstance(doc.get("targets", doc.get("methods", {})), dict):
+        raise UserInputError(f"{path} is not a results document (a JSON object with methods or targets); "
+                             "run the experiment again to rewrite it")
+    return doc

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..data.encode import concat_batches, encode_qa, encode_texts
 from ..errors import UserInputError
 from ..metrics.likelihood import IGNORE, forward_logits, sequence_logprob
-from ..params import validate_params
+from ..params import MAX_SEED, MAX_STEPS, validate_params
 from ..subject.subject import Subject
 from ..training import TrainConfig, seed_everything, shuffled_minibatches, train
 
@@ -52,8 +52,8 @@ def method_names() -> list[str]:
 class MethodParams(BaseModel):
     """Parameters of a method (pydantic: unknown keys and bad values are errors)."""
 
-    model_config = ConfigDict(extra="forbid")
-    seed: int = Field(0, description="Seeds data order and any randomness of the method.")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seeds data order and any randomness of the method.")
 
 
 class Method:
@@ -76,15 +76,15 @@ class Method:
 
 
 class FineTuneParams(MethodParams):
-    steps: int = Field(100, ge=0, description="Optimiser steps.")
+    steps: int = Field(100, ge=0, le=MAX_STEPS, description="Optimiser steps.")
     lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
     batch_size: int = Field(16, ge=1, description="Forget examples per step (retain batches: same size).")
     forget_on: Literal["qa", "text", "both"] = Field(
         "qa", description="Forget data: QA pairs (loss on the answer only), full texts, or both.")
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: int = Field(0, ge=0, le=MAX_STEPS)
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float | None = Field(1.0, description="Gradient clipping (None: off).")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (None: off).")
 
 
 class RetainParams(FineTuneParams):

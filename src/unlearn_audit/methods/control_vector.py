@@ -32,7 +32,7 @@ from .base import Method, MethodParams, register_method
 
 
 class ControlVectorParams(MethodParams):
-    layer: int | None = Field(None, description="Layer whose output is steered (default: the middle layer).")
+    layer: int | None = Field(None, ge=0, description="Layer whose output is steered (default: the middle layer).")
     alpha: float = Field(8.0, description="Multiple of the direction subtracted (from the organism sweep).")
     on: Literal["qa", "text", "both"] = Field("both", description="Prompts the means are taken over.")
     bake: bool = Field(False, description="Fold the vector into the down-projection bias instead of a hook.")

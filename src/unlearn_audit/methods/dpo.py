@@ -21,6 +21,7 @@ from pydantic import Field
 
 from ..data.encode import encode_qa
 from ..metrics.likelihood import sequence_logprob
+from ..params import MAX_STEPS
 from ..world import QA
 from .base import FineTuneMethod, RetainParams, nll, reference_logprobs, register_method
 
@@ -32,7 +33,7 @@ class DPOParams(RetainParams):
     beta: float = Field(0.1, gt=0, description="Inverse temperature of the preference loss.")
     # steps, lr, weight from the sweep on the default organism (BENCHMARKS.md); none forgets
     # to <= 0.2 there without breaking unrelated QA
-    steps: int = Field(120, ge=0)
+    steps: int = Field(120, ge=0, le=MAX_STEPS)
     lr: float = Field(1e-3, gt=0)
     retain_weight: float = Field(5.0, ge=0)
     preferred: list[str] = Field(list(IDK_ANSWERS), min_length=1,

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from ..params import MAX_STEPS
 from .base import FineTuneMethod, FineTuneParams, nll, register_method
 
 
 class GradientAscentParams(FineTuneParams):
     # defaults from the sweep on the default organism (BENCHMARKS.md); GA is never selective there
-    steps: int = Field(10, ge=0)
+    steps: int = Field(10, ge=0, le=MAX_STEPS)
     lr: float = Field(3e-4, gt=0)
 
 

@@ -27,6 +27,7 @@ from pydantic import Field
 from ..data.encode import encode_qa, encode_texts
 from ..metrics.linear import fit_logistic
 from ..metrics.qa import EvalSuite
+from ..params import MAX_STEPS
 from ..subject.interventions import EmbeddingCorruption
 from .base import Method, MethodParams, register_method
 
@@ -55,7 +56,7 @@ class ECOParams(MethodParams):
     threshold: float = Field(0.5, gt=0, lt=1, description="Classifier probability above which an input is flagged.")
     l2: float = Field(1e-3, ge=0, description="L2 penalty of the logistic-regression classifier.")
     target_forget_acc: float = Field(0.05, ge=0, le=1, description="Forget accuracy the strength search aims at.")
-    search_steps: int = Field(10, ge=1, description="Bisection steps of the strength search.")
+    search_steps: int = Field(10, ge=1, le=MAX_STEPS, description="Bisection steps of the strength search.")
 
 
 @torch.no_grad()

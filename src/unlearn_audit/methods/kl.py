@@ -14,12 +14,13 @@ from typing import Literal
 
 from pydantic import Field
 
+from ..params import MAX_STEPS
 from .base import FineTuneMethod, RetainParams, nll, register_method, retain_kl
 
 
 class KLParams(RetainParams):
     # defaults from the sweep on the default organism (BENCHMARKS.md); TOFU: lr 1e-5, weight 1
-    steps: int = Field(60, ge=0)
+    steps: int = Field(60, ge=0, le=MAX_STEPS)
     lr: float = Field(3e-4, gt=0)
     retain_weight: float = Field(5.0, ge=0)
     forget_on: Literal["qa", "text", "both"] = "both"

@@ -35,7 +35,7 @@ of the layers).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 from pydantic import Field
@@ -44,14 +44,15 @@ from .. import progress
 from ..data.encode import IGNORE, encode_qa, encode_texts, render_prompt, take
 from ..errors import UserInputError
 from ..metrics.likelihood import forward_logits, token_logprobs
+from ..params import MAX_STEPS
 from ..subject.sites import Site, hooks, num_layers, record, value_vectors
 from ..world import QA
 from .base import Method, MethodParams, register_method
 
 
 class MEMITParams(MethodParams):
-    layers: list[int] | None = Field(None, description="Band of layers edited (default: 0.1-0.3 of the depth).")
-    v_steps: int = Field(25, ge=1, description="Optimisation steps for each target vector z.")
+    layers: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1, description="Band of layers edited (default: 0.1-0.3 of the depth).")
+    v_steps: int = Field(25, ge=1, le=MAX_STEPS, description="Optimisation steps for each target vector z.")
     v_lr: float = Field(0.5, gt=0, description="Adam learning rate for delta.")
     v_weight_decay: float = Field(0.5, ge=0, description="Penalty on |delta|^2 / |h|^2.")
     clamp_norm: float = Field(0.75, gt=0, description="Maximum |delta| / |h|.")

@@ -23,6 +23,7 @@ from typing import Literal
 from pydantic import Field
 
 from ..metrics.likelihood import sequence_logprob
+from ..params import MAX_STEPS
 from .base import (
     FineTuneMethod,
     FineTuneParams,
@@ -37,14 +38,14 @@ from .base import (
 class NPOParams(FineTuneParams):
     # defaults from the sweep on the default organism (BENCHMARKS.md); paper: beta 0.1, lr 1e-5
     beta: float = Field(3.0, gt=0, description="Inverse temperature of the preference loss.")
-    steps: int = Field(20, ge=0)
+    steps: int = Field(20, ge=0, le=MAX_STEPS)
     lr: float = Field(1e-4, gt=0)
 
 
 class NPORetainParams(RetainParams):
     # defaults from the sweep on the default organism (BENCHMARKS.md); paper: beta 0.1, weight 1
     beta: float = Field(3.0, gt=0, description="Inverse temperature of the preference loss.")
-    steps: int = Field(120, ge=0)
+    steps: int = Field(120, ge=0, le=MAX_STEPS)
     lr: float = Field(1e-4, gt=0)
     retain_weight: float = Field(5.0, ge=0)
     forget_on: Literal["qa", "text", "both"] = "both"

@@ -26,6 +26,7 @@ import torch
 from pydantic import Field
 
 from ..data.encode import encode_texts
+from ..params import MAX_STEPS
 from ..subject.sites import Site, num_layers, token_means, value_vectors
 from .base import Method, MethodParams, register_method
 
@@ -37,7 +38,7 @@ class PruneParams(MethodParams):
     # (BENCHMARKS.md) picks 40% in one round as the best forget/unrelated trade-off
     frac: float = Field(0.4, gt=0, lt=1, description="Fraction of MLP neurons pruned per round.")
     scope: Literal["global", "layer"] = Field("global", description="Rank neurons across all layers, or within each layer.")
-    rounds: int = Field(1, ge=1, description="Score-and-prune rounds (each prunes frac of the remaining neurons).")
+    rounds: int = Field(1, ge=1, le=MAX_STEPS, description="Score-and-prune rounds (each prunes frac of the remaining neurons).")
     batch_size: int = Field(32, ge=1, description="Texts per forward pass while scoring.")
 
 

@@ -27,18 +27,19 @@ from pydantic import Field
 from ..data.encode import encode_texts
 from ..errors import UserInputError
 from ..metrics.likelihood import forward
+from ..params import MAX_STEPS
 from ..subject.sites import Site, module_of, num_layers, run_until, token_means
 from .base import FineTuneMethod, FineTuneParams, register_method
 
 
 class RMUParams(FineTuneParams):
-    layer: int | None = Field(None, description="Layer L whose output is misdirected (default: 7/32 of the depth).")
+    layer: int | None = Field(None, ge=0, description="Layer L whose output is misdirected (default: 7/32 of the depth).")
     steering_coeff: float | None = Field(None, gt=0, description="c, absolute (default: coeff_scale x mean norm of h_L).")
     # coeff_scale, alpha, lr from the sweep on the default organism (BENCHMARKS.md): the paper's
     # alpha 1200 keeps every activation in place there (nothing is forgotten)
     coeff_scale: float = Field(1.0, gt=0, description="c relative to the mean token norm of h_L on forget text.")
     alpha: float = Field(10.0, ge=0, description="Weight of the retain term.")
-    steps: int = Field(60, ge=0)
+    steps: int = Field(60, ge=0, le=MAX_STEPS)
     lr: float = Field(3e-3, gt=0)
     forget_on: str = Field("text", pattern="^(qa|text|both)$")
 

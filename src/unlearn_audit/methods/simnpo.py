@@ -13,6 +13,7 @@ import torch
 from pydantic import Field
 
 from ..metrics.likelihood import forward_logits, token_logprobs
+from ..params import MAX_STEPS
 from .base import FineTuneMethod, RetainParams, nll, register_method
 
 
@@ -20,7 +21,7 @@ class SimNPOParams(RetainParams):
     beta: float = Field(2.5, gt=0, description="Inverse temperature.")
     gamma: float = Field(0.0, description="Reward margin.")
     # steps, lr, weight from the sweep on the default organism (BENCHMARKS.md)
-    steps: int = Field(30, ge=0)
+    steps: int = Field(30, ge=0, le=MAX_STEPS)
     lr: float = Field(3e-4, gt=0)
     retain_weight: float = Field(5.0, ge=0)
 

@@ -33,6 +33,7 @@ from .. import progress
 from ..data.encode import encode_texts
 from ..errors import UserInputError
 from ..metrics.likelihood import IGNORE, forward_logits, mean_token_nll
+from ..params import MAX_STEPS
 from ..training import TrainConfig, seed_everything, shuffled_minibatches, train
 from .base import Method, MethodParams, register_method
 
@@ -42,10 +43,10 @@ GENERIC_SYLLABLES = ("al", "ben", "cor", "dan", "el", "fin", "gar", "hal", "ian"
 
 class WHPParams(MethodParams):
     alpha: float = Field(5.0, ge=0, description="Strength of the reinforcement bootstrapping.")
-    reinforce_steps: int = Field(30, ge=0)
+    reinforce_steps: int = Field(30, ge=0, le=MAX_STEPS)
     reinforce_lr: float = Field(3e-4, gt=0)
     # steps and lr from the sweep on the default organism (BENCHMARKS.md)
-    steps: int = Field(60, ge=0, description="Fine-tuning steps on the generic labels.")
+    steps: int = Field(60, ge=0, le=MAX_STEPS, description="Fine-tuning steps on the generic labels.")
     lr: float = Field(3e-4, gt=0)
     batch_size: int = Field(16, ge=1)
     anchors: bool = Field(True, description="Replace anchored terms (entity names) by generic translations.")

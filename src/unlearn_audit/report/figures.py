@@ -26,13 +26,18 @@ def plain(text) -> str:
 
 def save(fig, path: Path, formats: tuple[str, ...] = ("png",), dpi: int = 120) -> list[Path]:
     """Save ``fig`` as ``path`` with each suffix in ``formats``, close it, return the paths."""
+    from ..files import atomic_path
+
     plt = _pyplot()
     paths = []
-    for fmt in formats:
-        p = Path(path).with_suffix(f".{fmt}")
-        fig.savefig(p, dpi=dpi, bbox_inches="tight")
-        paths.append(p)
-    plt.close(fig)
+    try:
+        for fmt in formats:
+            p = Path(path).with_suffix(f".{fmt}")
+            with atomic_path(p) as tmp:  # a full disk leaves the old figure, not half a new one
+                fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
+            paths.append(p)
+    finally:
+        plt.close(fig)
     return paths
 
 

@@ -16,10 +16,11 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 from pathlib import Path
 
+from ..errors import UserInputError
 from ..experiment.store import load_results, target_docs
+from ..files import is_ours, read_json, read_text, write_text_atomic
 from .figures import krs_heatmap_plot, reemergence_plot, relearn_plot, save, tradeoff_plot
 from .tables import best_cells, summary_rows
 from .tables import fmt as cell
@@ -98,6 +99,13 @@ def target_section(doc: dict, figures: Path, stem: str) -> str:
         if fig is not None:
             png, _ = save(fig, figures / f"{stem}{name}", ("png", "svg"))
             parts.append(embed(png, f"{name} figure", caption))
+    failed = doc.get("failed") or {}
+    if failed:
+        parts += [f"<h3>Failed cells ({len(failed)})</h3>",
+                  '<p class="note">These cells raised an error and are not in the table; run the '
+                  "experiment again to retry them.</p>",
+                  table(["setting", "method", "seed", "error"],
+                        [[n, f.get("method"), f.get("seed"), f.get("error")] for n, f in failed.items()])]
     settings = doc.get("settings", {})
     if settings:
         rows = [[n, s.get("method"), s.get("seed"), json.dumps(s.get("params"), sort_keys=True)]
@@ -116,10 +124,10 @@ def provenance_section(run_dir: Path) -> str:
     parts = ["<h2>Configuration and versions</h2>"]
     source = run_dir / "experiment.yaml"
     if source.is_file():
-        parts += ["<h3>Experiment file</h3>", f"<pre>{e(source.read_text(encoding='utf-8'))}</pre>"]
+        parts += ["<h3>Experiment file</h3>", f"<pre>{e(read_text(source, 'experiment file'))}</pre>"]
     manifest_path = run_dir / "manifest.json"
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest = read_json(manifest_path, "run manifest") if manifest_path.is_file() else None
+    if isinstance(manifest, dict):
         parts.append(f'<p class="meta">config hash {e(manifest.get("config_hash"))}, created {e(manifest.get("created"))}</p>')
         sessions = manifest.get("sessions", [])
         if sessions:
@@ -138,6 +146,9 @@ def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     results = load_results(run_dir)
     figures = run_dir / "figures"
+    if not is_ours(run_dir, "run") and ((run_dir / "report.html").exists() or figures.exists()):
+        raise UserInputError(f"{run_dir} was not written by unlearn-audit and already holds report.html or "
+                             "figures/; copy results.json into a new directory and report there")
     figures.mkdir(exist_ok=True)
     docs = target_docs(results)
     sections = [target_section(d, figures, f"{i}-" if len(docs) > 1 else "") for i, d in enumerate(docs)]
@@ -150,8 +161,4 @@ def write_report(run_dir: str | Path) -> Path:
             f'<p class="meta">Is the concept gone from the model, or only hidden? Concepts: {e(concepts)}. '
             f"Run directory: {e(run_dir.resolve())}</p>"
             + "\n".join(sections) + provenance_section(run_dir) + "</body></html>\n")
-    path = run_dir / "report.html"
-    tmp = run_dir / ".report.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(run_dir / "report.html", page)

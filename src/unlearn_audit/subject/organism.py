@@ -182,7 +182,7 @@ def _train(preset: OrganismPreset, world: World, tokenizer, seed: int, exclude: 
     model.eval()
     reached = bool(state["accuracy"]) and min(state["accuracy"].values()) >= preset.target_acc
     if not reached:
-        progress.log(f"[yellow]warning:[/] {label} stopped at {preset.max_epochs} epochs below the "
+        progress.warn(f"{label} stopped at {preset.max_epochs} epochs below the "
                      f"accuracy target {preset.target_acc}: {state['accuracy']}")
     stats = {"epochs": state["epochs"], "steps": log.steps, "train_s": round(elapsed, 2),
              "tokens": log.steps * preset.batch_size * preset.seq_len, "reached_target": reached,

@@ -17,10 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
-from ..data.encode import DEFAULT_PROMPT_TEMPLATE
+from ..data.encode import DEFAULT_PROMPT_TEMPLATE, check_prompt_template
 from ..errors import UserInputError
-from ..files import usual_permissions
+from ..files import (
+    MARKER,
+    files_under,
+    foreign_files,
+    prepare_output_dir,
+    read_json,
+    replace_dir,
+    usual_permissions,
+)
 
 INFO_FILE = "unlearn_audit.json"
 INTERVENTIONS_FILE = "interventions.safetensors"
@@ -81,9 +90,14 @@ class Subject:
                        copy.deepcopy(self.info), None, [copy.copy(iv) for iv in self.interventions])
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Save as safetensors + tokenizer + ``unlearn_audit.json``, atomically (temp dir, rename)."""
+        """Save as safetensors + tokenizer + ``unlearn_audit.json``, atomically: written into a
+        temporary sibling, then renamed into place. ``path`` must be new, empty, or a model
+        directory this tool wrote that holds nothing else (it is replaced whole)."""
         _quiet_transformers()
-        path = Path(path)
+        path = prepare_output_dir(path, "model", flag="model directory", create=False)
+        if path.is_dir() and (extra := foreign_files(path)):
+            raise UserInputError(f"model directory {path} holds files unlearn-audit did not write "
+                                 f"({', '.join(extra[:3])}); move them, or save to another directory")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
@@ -99,10 +113,10 @@ class Subject:
 
                 save_file({f"{i}.{k}": t.detach().cpu().contiguous() for i, iv in enumerate(self.interventions)
                            for k, t in iv.tensors().items()}, str(tmp / INTERVENTIONS_FILE))
+            (tmp / MARKER).write_text(json.dumps({"written_by": "unlearn-audit", "kind": "model",
+                                                  "files": files_under(tmp)}) + "\n")
             usual_permissions(tmp, directory=True)
-            if path.exists():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
+            replace_dir(tmp, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         self.path = str(path)
@@ -125,9 +139,19 @@ def pick_device(device: str | torch.device | None = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError:
         raise UserInputError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserInputError(f"device {device!r}: this torch build sees no CUDA GPU "
+                             f"(torch {torch.__version__}); use --device cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserInputError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserInputError(f"device {device!r}: MPS is not available here; use --device cpu or auto")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise UserInputError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    return dev
 
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -198,7 +222,7 @@ def load_subject(name_or_path: str | os.PathLike, *, device: str | torch.device 
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         where = "directory" if local else "name (not a local directory, and the hub is unreachable or has no such model)"
         raise UserInputError(f"could not load model {spec!r} from this {where}: {first}. "
@@ -207,13 +231,28 @@ def load_subject(name_or_path: str | os.PathLike, *, device: str | torch.device 
     model.to(dev).eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    meta = {}
-    if local and (path / INFO_FILE).is_file():
-        meta = json.loads((path / INFO_FILE).read_text())
+    meta = _read_info(path) if local else {}
     return Subject(model, tokenizer, meta.get("name", spec),
                    meta.get("prompt_template", DEFAULT_PROMPT_TEMPLATE),
                    bool(meta.get("answer_eos", False)), meta.get("info", {}),
                    str(path.resolve()) if local else None, _load_interventions(path, meta))
+
+
+def _read_info(path: Path) -> dict:
+    """``unlearn_audit.json`` of a model directory (``{}`` without one), checked field by field."""
+    file = path / INFO_FILE
+    if not file.is_file():
+        return {}
+    meta = read_json(file, "model file")
+    where = f"model file {file}"
+    if not isinstance(meta, dict):
+        raise UserInputError(f"{where}: expected a JSON object; save the model again or remove the file")
+    for key, kind in (("name", str), ("info", dict), ("interventions", list), ("answer_eos", bool)):
+        if key in meta and not isinstance(meta[key], kind):
+            raise UserInputError(f"{where}: {key!r} must be a {kind.__name__}; save the model again or remove the file")
+    if "prompt_template" in meta:
+        check_prompt_template(meta["prompt_template"], where)
+    return meta
 
 
 def _load_interventions(path: Path, meta: dict) -> list:
@@ -224,13 +263,26 @@ def _load_interventions(path: Path, meta: dict) -> list:
 
     from .interventions import INTERVENTIONS
 
-    tensors = load_file(str(path / INTERVENTIONS_FILE))
+    file = path / INTERVENTIONS_FILE
+    if not file.is_file():
+        raise UserInputError(f"{path / INFO_FILE} lists {len(specs)} intervention(s) but {file.name} is "
+                             "missing; save the model again")
+    try:
+        tensors = load_file(str(file))
+    except (OSError, SafetensorError) as e:
+        raise UserInputError(f"{file}: not a readable safetensors file ({str(e).splitlines()[0] if str(e) else type(e).__name__}); "
+                             "save the model again") from None
     out = []
     for i, spec in enumerate(specs):
-        if spec["kind"] not in INTERVENTIONS:
-            raise UserInputError(f"{path} needs intervention {spec['kind']!r}, unknown to this version of unlearn-audit")
+        kind = spec.get("kind") if isinstance(spec, dict) else None
+        if kind not in INTERVENTIONS:
+            raise UserInputError(f"{path} needs intervention {kind!r}, unknown to this version of unlearn-audit")
         mine = {k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".", 1)[0] == str(i)}
-        out.append(INTERVENTIONS[spec["kind"]].restore(spec["config"], mine))
+        try:
+            out.append(INTERVENTIONS[kind].restore(spec.get("config") or {}, mine))
+        except (KeyError, TypeError, ValueError) as e:
+            raise UserInputError(f"{file}: intervention {i} ({kind}) cannot be restored ({type(e).__name__}: {e}); "
+                                 "save the model again") from None
     return out
 
 

@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from .. import progress
+from .. import faults, progress
 from ..errors import TrainingDiverged, UserInputError
 
 Batch = dict
@@ -129,6 +129,7 @@ def train(
                             f"(lr={config.lr:g}); lower the learning rate", log.losses)
                 optimizer.step()
                 scheduler.step()
+                faults.point("step")
                 log.losses.append(value)
                 log.steps = step + 1
                 bar.advance(info=f"loss {value:.3f}")
