@@ -105,3 +105,19 @@ def tiny_model_dirs(tmp_path_factory, tiny_tokenizer):
         tiny_tokenizer.save_pretrained(path)
         out[family] = path
     return out
+
+
+@pytest.fixture(scope="session")
+def matrix_reference(micro, cache_dir, tmp_path_factory):
+    """The experiment of ``matrix.py`` run uninterrupted, in this process: (run directory, outcome)."""
+    from matrix import SETTINGS, write_experiment
+
+    from unlearn_audit.experiment.config import load_experiment
+    from unlearn_audit.experiment.runner import run_experiment
+
+    os.environ["UNLEARN_AUDIT_CACHE"] = str(cache_dir)
+    root = tmp_path_factory.mktemp("reference")
+    exp, text = load_experiment(write_experiment(root / "exp.yaml", root / "run"))
+    run = run_experiment(exp, text, report=False)
+    assert run.computed == SETTINGS and run.reused == []
+    return root / "run", run

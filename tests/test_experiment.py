@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from matrix import MATRIX, SETTINGS, without_timings, write_experiment  # noqa: E402
 from test_cli import run_cli
 
 from unlearn_audit.errors import UserInputError
@@ -21,28 +21,6 @@ from unlearn_audit.experiment.config import expand, load_experiment, parse_exper
 from unlearn_audit.experiment.runner import run_experiment
 from unlearn_audit.files import prepare_output_dir
 
-# three cells: none, gradient_ascent at 1 and 2 steps; two attacks that share references
-MATRIX = {
-    "name": "resume-test",
-    "subject": {"organism": "micro"},
-    "target": "world:0",
-    "methods": {"none": {}, "gradient_ascent": {"steps": [1, 2], "lr": 3.0e-4}},
-    "attacks": {"rtt": {"steps": [0, 1], "bootstrap": 20}, "logit_lens": {}},
-    "seeds": [0],
-    "agreement": False,  # greedy generation for ROUGE/BLEU is the slowest part of evaluating
-    "threads": 2,
-}
-SETTINGS = ["none", "gradient_ascent[steps=1]", "gradient_ascent[steps=2]"]
-
-
-def without_timings(results: dict) -> dict:
-    return {k: v for k, v in results.items() if k != "timings_s"}
-
-
-def write_experiment(path, out, **changes):
-    path.write_text(yaml.safe_dump({**MATRIX, **changes, "out": str(out)}, sort_keys=False))
-    return path
-
 
 @pytest.fixture(scope="module")
 def env(cache_dir):
@@ -50,14 +28,8 @@ def env(cache_dir):
 
 
 @pytest.fixture(scope="module")
-def reference(micro, env, tmp_path_factory):
-    """The matrix run uninterrupted, in this process: (run directory, outcome)."""
-    os.environ["UNLEARN_AUDIT_CACHE"] = env["UNLEARN_AUDIT_CACHE"]
-    root = tmp_path_factory.mktemp("reference")
-    exp, text = load_experiment(write_experiment(root / "exp.yaml", root / "run"))
-    run = run_experiment(exp, text, report=False)
-    assert run.computed == SETTINGS and run.reused == []
-    return root / "run", run
+def reference(matrix_reference):
+    return matrix_reference
 
 
 # ----------------------------------------------------------------------------- the file

@@ -358,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     command = _command()
     try:
         rv = command.main(args=argv, prog_name="unlearn-audit", standalone_mode=False)
+        if rv == 130:  # typer turned a KeyboardInterrupt into this exit code before we could see it
+            print(INTERRUPTED, file=sys.stderr)
         return rv if isinstance(rv, int) else 0
     except UnlearnAuditError as e:
         if _state["debug"]:

@@ -25,6 +25,7 @@ Table ``meta`` (key, value): config hash, experiment config and versions, as JSO
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -127,6 +128,11 @@ def write_store(out: Path, results: dict, meta: dict | None = None) -> Path:
         con.executemany("INSERT INTO meta VALUES (?, ?)",
                         [(k, json.dumps(v, sort_keys=True)) for k, v in (meta or {}).items()])
         con.commit()
+    except sqlite3.OperationalError as e:  # "database or disk is full" is not an OSError
+        tmp.unlink(missing_ok=True)
+        if "full" in str(e):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+        raise
     finally:
         con.close()
     os.replace(tmp, path)
