@@ -181,13 +181,14 @@ def _describe(e: ValidationError, model: type[BaseModel]) -> str:
 
 def _check_names_and_params(exp: Experiment, where: str) -> None:
     from ..audits import audit_names, get_audit
+    from ..data.benchmarks import is_benchmark_spec, parse_benchmark_spec
     from ..data.target import parse_world_spec
     from ..methods import method_names
 
     for i, target in enumerate(exp.targets):
-        if target.startswith("world:"):
+        if target.startswith("world:") or is_benchmark_spec(target):
             try:
-                parse_world_spec(target)
+                (parse_world_spec if target.startswith("world:") else parse_benchmark_spec)(target)
             except UserInputError as e:
                 raise UserInputError(f"{where}: targets.{i}: {e}") from None
         elif not Path(target).is_dir():
