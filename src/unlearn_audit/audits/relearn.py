@@ -24,6 +24,7 @@ recovery over the run), and the curves themselves.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -31,6 +32,7 @@ from pydantic import Field
 from .. import progress
 from ..data.encode import encode_qa, encode_texts
 from ..errors import UserInputError
+from ..metrics.itemwise import ItemScorer
 from ..metrics.likelihood import mean_token_nll
 from ..metrics.qa import EvalSuite
 from ..metrics.recovery import bootstrap_intervals, curve_auc, recovery, residual, steps_to_fraction
@@ -47,6 +49,9 @@ class RelearnParams(AuditParams):
     bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for the intervals (0: none).")
     reemergence: bool = Field(True, description="Track concept neurons at every checkpoint (first seed).")
     top_frac: float = Field(0.02, gt=0, lt=1, description="Fraction of MLP neurons in a model's top concept set.")
+    metric: Literal["exact_match", "answer_prob", "rouge_l", "truth_ratio", "mc_accuracy"] = Field(
+        "exact_match", description="Per-item score that recovery and residual are computed on (metrics/itemwise.py).")
+    max_new_tokens: int = Field(32, ge=1, description="Tokens generated per answer for metric rouge_l.")
 
 
 @dataclass(frozen=True)
@@ -75,11 +80,12 @@ def _train_data(subject, target, attack: Attack):
 
 
 def relearn_curve(subject, train_data, suite: EvalSuite, params: RelearnParams, seed: int,
-                  label: str, on_checkpoint=None) -> dict:
+                  label: str, on_checkpoint=None, scorer: ItemScorer | None = None) -> dict:
     """Fine-tune a copy of ``subject`` and score ``suite`` at every checkpoint (and call
     ``on_checkpoint(model)`` there, e.g. to track concept neurons).
 
-    Returns ``{"steps": [...], "correct": {set: (n_checkpoints, n_items) bool array}}``.
+    Returns ``{"steps": [...], "correct": {set: (n_checkpoints, n_items) array}}``: exact-match
+    correctness, or the per-item scores of ``scorer`` (a chosen metric) when given.
     """
     checkpoints = sorted(set(params.steps))
     if checkpoints[0] < 0:
@@ -90,8 +96,9 @@ def relearn_curve(subject, train_data, suite: EvalSuite, params: RelearnParams, 
     correct: dict[str, list[np.ndarray]] = {k: [] for k in suite.names}
 
     def record() -> None:
-        for k, s in suite.run(attacked).items():
-            correct[k].append(s.correct.numpy())
+        scores = scorer(attacked) if scorer is not None else {k: s.correct.numpy() for k, s in suite.run(attacked).items()}
+        for k, v in scores.items():
+            correct[k].append(v)
         if on_checkpoint is not None:
             on_checkpoint(model)
 
@@ -131,6 +138,8 @@ def _setup(name: str, original, target, params: RelearnParams):
     if missing:
         raise UserInputError(f"attack {name!r} needs the target's {', '.join(missing)} QA set")
     data = _train_data(original, target, attack)
+    scorer = (ItemScorer(suite, target, params.metric, attack.eval_sets, params.max_new_tokens)
+              if params.metric != "exact_match" else None)
     seeds = range(params.seed, params.seed + params.seeds)
     trackers: dict[str, Tracker] = {}
     if params.reemergence:
@@ -141,7 +150,8 @@ def _setup(name: str, original, target, params: RelearnParams):
         if params.reemergence:
             trackers[label] = Tracker(probe, original_scores)
         return _mean_over_seeds([relearn_curve(subject, data, suite, params, s, f"{label} ({name})",
-                                               trackers.get(label) if s == params.seed else None) for s in seeds])
+                                               trackers.get(label) if s == params.seed else None, scorer)
+                                 for s in seeds])
 
     return attack, curve, trackers
 
@@ -198,7 +208,7 @@ def _run_attack(name: str, original, unlearned: dict, oracle, target, params: Re
             "recovery": rec[-1], "residual": res[-1],
             "recovery_ci": ci["recovery"] if rec[-1] is not None else None,
             "residual_ci": ci["residual"] if res[-1] is not None else None,
-            "eval_sets": list(attack.eval_sets),
+            "eval_sets": list(attack.eval_sets), "metric": params.metric,
             "acc_before": float(acc[0]), "acc_after": float(acc[-1]),
             "oracle_acc_after": float(orc[-1].mean()) if orc is not None else None,
             "steps_to_50pct": steps_to_fraction(steps, acc.tolist(), 0.5 * original_acc),
