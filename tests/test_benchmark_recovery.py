@@ -85,3 +85,27 @@ def test_rtt_with_rouge_l_on_tofu_is_finite(micro, tofu_target):
     assert out["recovery"] is not None and math.isfinite(out["recovery"])
     assert out["residual"] is not None and math.isfinite(out["residual"])
     assert 0 <= out["acc_before"] <= 1 and 0 <= out["acc_after"] <= 1
+
+
+def test_probe_on_tofu_unique_answers_uses_first_tokens(micro, tofu_target):
+    from dataclasses import replace
+
+    from unlearn_audit.audits import get_audit
+    from unlearn_audit.audits.probe import first_token_items
+
+    full, oracle = micro
+    # forget answers are sentences, none repeats: whole-answer classes cannot be tested
+    small = replace(tofu_target, forget_qa=tofu_target.forget_qa[:12], forget_heldout_qa=tofu_target.forget_heldout_qa[:8])
+    spec = get_audit("probe")
+    with pytest.raises(UserInputError, match="labels=first_token"):
+        spec.run(full, {"none": full}, oracle, small, spec.params({"labels": "answer"}))
+    out = spec.run(full, {"none": full}, oracle, small, spec.params({}))
+    assert out["baselines"]["original"]["labels"] == "first_token"
+    assert out["baselines"]["original"]["test_items"] > 0
+    firsts = first_token_items(full, small.forget_heldout_qa)
+    tok = full.tokenizer
+    q = small.forget_heldout_qa[0]
+    p = tok(full.prompt_template.format(question=q.question))["input_ids"]
+    whole = tok(full.prompt_template.format(question=q.question) + " " + q.answer)["input_ids"]
+    pieces = [tok.decode([t]).strip() for t in whole[len(p):]]
+    assert firsts[0].answer == next(x for x in pieces if x)
