@@ -18,7 +18,9 @@ steps 0, 1, 2, 5, 10, 20, 50 (configurable):
 Per method and attack: recovery and residual knowledge at the last step (definitions in
 :mod:`unlearn_audit.metrics.recovery`) with bootstrap 95% intervals over evaluation items,
 steps to reach 50% of the original's accuracy, the area under the recovery curve (mean
-recovery over the run), and the curves themselves.
+recovery over the run), and the curves themselves. ``metric`` chooses the per-item score the
+curves and ratios are computed on (exact match by default; ROUGE-L, answer probability, TOFU's
+truth ratio or WMDP's multiple-choice accuracy for benchmark targets, :mod:`unlearn_audit.metrics.itemwise`).
 """
 
 from __future__ import annotations
