@@ -109,3 +109,28 @@ def test_probe_on_tofu_unique_answers_uses_first_tokens(micro, tofu_target):
     whole = tok(full.prompt_template.format(question=q.question) + " " + q.answer)["input_ids"]
     pieces = [tok.decode([t]).strip() for t in whole[len(p):]]
     assert firsts[0].answer == next(x for x in pieces if x)
+
+
+def test_world_scored_as_tofu(micro, micro_target):
+    from unlearn_audit.data.benchmarks.world_truth import tofu_style
+    from unlearn_audit.metrics.benchmark import benchmark_scores
+
+    t = tofu_style(micro_target)
+    truth = t.benchmark.truth
+    assert len(truth["forget"]) == len([q for q in micro_target.all_forget_qa if q.kind == "qa"])
+    values = {}
+    for q in micro_target.all_forget_qa + micro_target.retain_qa + micro_target.unrelated_qa:
+        values.setdefault(q.attribute, set()).add(q.answer)
+    by_question = {q.question: q for q in micro_target.all_forget_qa}
+    for row in truth["forget"]:
+        q = by_question[row.question]
+        assert row.paraphrased == row.answer == q.answer
+        assert row.answer not in row.perturbed and set(row.perturbed) <= values[q.attribute]  # same attribute, other entities
+        assert len(row.perturbed) == min(5, len(values[q.attribute]) - 1)
+    assert tofu_style(micro_target).benchmark.truth == truth  # seeded
+    full, oracle = micro
+    small = type(t)(**{**t.__dict__, "benchmark": type(t.benchmark)("tofu", "world", truth={"forget": truth["forget"]})})
+    ref = benchmark_scores(oracle, small, max_new_tokens=2, rouge_stem=False)
+    assert benchmark_scores(oracle, small, reference=ref, max_new_tokens=2, rouge_stem=False)["forget_quality"] == 1.0
+    # the full model knows the concept, the oracle never saw it: their truth ratios differ in distribution
+    assert benchmark_scores(full, small, reference=ref, max_new_tokens=2, rouge_stem=False)["forget_quality"] < 0.05

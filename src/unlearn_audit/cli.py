@@ -275,7 +275,7 @@ def audit_cmd(
 @app.command("benchmark")
 def benchmark_cmd(
     subject: Annotated[str, typer.Option("--subject", help="Model directory, hub name, or organism:<preset>.")],
-    target: Annotated[str, typer.Option("--target", help="tofu:<split>, wmdp:<domain> or muse:<corpus>, optionally @DIR (a local copy).")],
+    target: Annotated[str, typer.Option("--target", help="tofu:<split>, wmdp:<domain> or muse:<corpus>, optionally @DIR (a local copy); world:<concept> is scored as TOFU.")],
     oracle: Annotated[str | None, typer.Option("--oracle", help="The retain/retrained model: enables TOFU forget quality and MUSE PrivLeak.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens generated per TOFU answer (ROUGE-L).")] = 200,
     device: DeviceOpt = "auto",
@@ -283,23 +283,25 @@ def benchmark_cmd(
     trust_remote_code: TrustOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """A benchmark's own metrics (TOFU, WMDP, MUSE) for a subject, against an oracle if given."""
+    """A benchmark's own metrics (TOFU, WMDP, MUSE; the world as TOFU) for a subject, against an oracle if given."""
     from .api import target_for
     from .metrics.benchmark import benchmark_scores, headline
     from .subject import load_subject
 
-    t = target_for(target)  # validate the target before loading any model
-    if t.benchmark is None:
-        from .errors import UserInputError
-        raise UserInputError(f"--target {target!r} is not a benchmark; write tofu:<split>, wmdp:<domain> or muse:<corpus>")
     kw = dict(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    t = target_for(target) if not target.startswith("world:") else None  # a benchmark: check it before loading models
+    if t is not None and t.benchmark is None:
+        from .errors import UserInputError
+        raise UserInputError(f"--target {target!r} is not a benchmark; write tofu:<split>, wmdp:<domain>, "
+                             "muse:<corpus> or world:<concept> (scored as TOFU)")
+    s = load_subject(subject, **kw)
+    t = t or target_for(target, s)  # world:<concept> resolves in the organism's own world
     ref = None
     doc: dict = {"target": t.name}
     if oracle is not None:
         o = load_subject(oracle, **kw)
         ref = benchmark_scores(o, t, max_new_tokens=max_new_tokens)
         doc["oracle"] = {"subject": o.name, **ref}
-    s = load_subject(subject, **kw)
     doc["subject"] = s.name
     doc["scores"] = benchmark_scores(s, t, reference=ref, max_new_tokens=max_new_tokens)
     if as_json:

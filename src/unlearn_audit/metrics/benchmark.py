@@ -3,6 +3,8 @@
 - ``tofu:``  — per set (forget, retain, real_authors, world_facts) answer probability, ROUGE-L
   recall and truth ratio; model utility; with a reference model, forget quality (:mod:`.tofu`);
 - ``wmdp:``  — multiple-choice accuracy (:mod:`.mc`);
+- ``world:`` — TOFU's numbers, with other entities' values of the same attribute as the
+  perturbed answers (:mod:`unlearn_audit.data.benchmarks.world_truth`);
 - ``muse:``  — VerbMem, KnowMem on forget and retain, MUSE's AUC; with a reference model,
   PrivLeak (:mod:`.muse`).
 
@@ -18,6 +20,10 @@ from ..errors import UserInputError
 def benchmark_scores(subject, target, reference: dict | None = None, max_new_tokens: int = 200,
                      rouge_stem: bool | None = None) -> dict:
     """The benchmark numbers of ``subject`` on ``target`` (see the module docstring)."""
+    if target.benchmark is None and target.source.get("world"):
+        from ..data.benchmarks.world_truth import tofu_style
+
+        target = tofu_style(target)  # the world scored as TOFU: perturbed = other entities' values
     b = target.benchmark
     if b is None:
         raise UserInputError(f"target {target.name!r} is not a benchmark; use tofu:<split>, wmdp:<domain> "

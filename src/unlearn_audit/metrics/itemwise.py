@@ -10,7 +10,8 @@ sentence-long answers). ``metric`` picks the per-item score, each in [0, 1], hig
   (TOFU's ROUGE; stemming as :mod:`.rouge` states);
 - ``truth_ratio``: ``max(0, 1 - R)`` with ``R`` TOFU's truth ratio of the item (the form TOFU
   reports on sets to keep: 1 = strongly prefers the true answer, 0 = no preference); needs a
-  ``tofu:`` target, whose evaluation rows hold the perturbed answers of the same questions;
+  ``tofu:`` target, whose evaluation rows hold the perturbed answers of the same questions, or
+  a ``world:`` target (other entities' values of the attribute as the perturbed answers);
 - ``mc_accuracy``: the letter-logit multiple-choice correctness (WMDP, :mod:`.mc`); needs a
   ``wmdp:`` target.
 """
@@ -43,6 +44,10 @@ class ItemScorer:
         self.rouge_stem = rouge_stem
         self.rows: dict[str, list] = {}  # set -> benchmark rows aligned with its items
         self.description = target.benchmark.mc_description if target.benchmark else ""
+        if metric == "truth_ratio" and target.benchmark is None and target.source.get("world"):
+            from ..data.benchmarks.world_truth import tofu_style
+
+            target = tofu_style(target)
         if metric in ("truth_ratio", "mc_accuracy"):
             b = target.benchmark
             if metric == "truth_ratio":
