@@ -53,8 +53,10 @@ def test_mc_item_scores(micro):
 def test_metric_needing_benchmark_rows_says_so(micro, micro_target):
     full, _ = micro
     suite = EvalSuite(full, {"forget_heldout": micro_target.forget_heldout_qa[:2]})
-    with pytest.raises(UserInputError, match="needs a tofu: target"):
-        ItemScorer(suite, micro_target, "truth_ratio", required=("forget_heldout",))
+    with pytest.raises(UserInputError, match="needs a wmdp: target"):
+        ItemScorer(suite, micro_target, "mc_accuracy", required=("forget_heldout",))
+    # a world target is scored as TOFU (perturbed answers: other entities' values)
+    assert ItemScorer(suite, micro_target, "truth_ratio", required=("forget_heldout",)).rows["forget_heldout"]
     with pytest.raises(UserInputError, match="unknown metric 'bleu'"):
         ItemScorer(suite, micro_target, "bleu")
 
