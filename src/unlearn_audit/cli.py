@@ -272,6 +272,45 @@ def audit_cmd(
     print(f"run directory: {paths['results'].parent}", file=sys.stderr)
 
 
+@app.command("benchmark")
+def benchmark_cmd(
+    subject: Annotated[str, typer.Option("--subject", help="Model directory, hub name, or organism:<preset>.")],
+    target: Annotated[str, typer.Option("--target", help="tofu:<split>, wmdp:<domain> or muse:<corpus>, optionally @DIR (a local copy); world:<concept> is scored as TOFU.")],
+    oracle: Annotated[str | None, typer.Option("--oracle", help="The retain/retrained model: enables TOFU forget quality and MUSE PrivLeak.")] = None,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, help="Tokens generated per TOFU answer (ROUGE-L).")] = 200,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    trust_remote_code: TrustOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """A benchmark's own metrics (TOFU, WMDP, MUSE; the world as TOFU) for a subject, against an oracle if given."""
+    from .api import target_for
+    from .metrics.benchmark import benchmark_scores, headline
+    from .subject import load_subject
+
+    kw = dict(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    t = target_for(target) if not target.startswith("world:") else None  # a benchmark: check it before loading models
+    if t is not None and t.benchmark is None:
+        from .errors import UserInputError
+        raise UserInputError(f"--target {target!r} is not a benchmark; write tofu:<split>, wmdp:<domain>, "
+                             "muse:<corpus> or world:<concept> (scored as TOFU)")
+    s = load_subject(subject, **kw)
+    t = t or target_for(target, s)  # world:<concept> resolves in the organism's own world
+    ref = None
+    doc: dict = {"target": t.name}
+    if oracle is not None:
+        o = load_subject(oracle, **kw)
+        ref = benchmark_scores(o, t, max_new_tokens=max_new_tokens)
+        doc["oracle"] = {"subject": o.name, **ref}
+    doc["subject"] = s.name
+    doc["scores"] = benchmark_scores(s, t, reference=ref, max_new_tokens=max_new_tokens)
+    if as_json:
+        emit_json(doc)
+        return
+    rows = [[k, v, headline(ref).get(k) if ref else None] for k, v in headline(doc["scores"]).items()]
+    table(f"{s.name} on {t.name}", ["metric", s.name, "oracle"], rows)
+
+
 @app.command("methods")
 def methods_cmd(as_json: JsonOpt = False) -> None:
     """List unlearning methods and their parameters with defaults."""

@@ -26,6 +26,12 @@ the retain QA (other concepts' entities, which every model still knows) to the t
 more classes and items (default organism: 65 of 70), and a probe that reads the model's
 general answer format, tested on the forgotten entities.
 
+Open-ended answers (TOFU's sentences) never repeat whole, so with ``labels="auto"`` (default)
+the probe falls back to the answer's *first token* as its class when no held-out answer is a
+training answer (``labels="first_token"`` forces it); ``qa`` is then the teacher-forced exact
+match of that first token (for subjects whose answers end with EOS, followed by EOS — so use
+whole answers there). The result states which (``labels``).
+
 Classifier: multinomial logistic regression on features standardised with the training mean
 and standard deviation, loss ``mean CE + l2 * ||W||^2`` (``l2`` default 1e-2), L-BFGS from zeros
 (:func:`unlearn_audit.metrics.linear.fit_probe`). Accuracy is pooled over all test items of all
@@ -66,6 +72,26 @@ class ProbeParams(AuditParams):
                           description="Probe training items: the concept's train half (forget), or it plus retain QA.")
     l2: float = Field(1e-2, ge=0, description="L2 penalty on the probe weights (standardised features).")
     batch_size: int = Field(64, ge=1)
+    labels: str = Field("auto", pattern=r"^(auto|answer|first_token)$",
+                        description="Classes: whole answers, the answer's first token (open-ended answers), "
+                                    "or auto (answers; first tokens when no held-out answer repeats a training one).")
+
+
+def first_token_items(subject, items: Sequence[QA]) -> list[QA]:
+    """Each item with its answer cut to the answer's first non-blank token (as tokenised after the prompt):
+    the class a probe predicts for open-ended answers (TOFU's sentences, MUSE's free answers),
+    which no held-out item shares whole with a training item."""
+    tok = subject.tokenizer
+    data = encode_qa(tok, items, subject.prompt_template, False)
+    first = (data["labels"] != -100).float().argmax(1)                       # (N,) first answer position
+    out = []
+    for q, row, labels, pos in zip(items, data["input_ids"], data["labels"], first.tolist(), strict=True):
+        piece = ""  # the first answer token that is not blank (a lone space token carries no class)
+        while not piece and pos < len(row) and labels[pos] != -100:
+            piece = tok.decode([int(row[pos])]).strip()
+            pos += 1
+        out.append(QA(q.question, piece or q.answer.split()[0], q.kind, q.entity, q.attribute))
+    return out
 
 
 @torch.no_grad()
@@ -156,15 +182,20 @@ def run_probe(original, unlearned: dict, oracle, target, params: ProbeParams) ->
         train += [q for q in target.retain_qa if q.kind == "qa"]
     test = [q for q in target.forget_heldout_qa if q.kind == "qa"]
     tasks = probe_tasks(train, test)
+    labels = params.labels
+    if labels == "first_token" or (labels == "auto" and not tasks["groups"]):
+        labels = "first_token"
+        train, test = first_token_items(original, train), first_token_items(original, test)
+        tasks = probe_tasks(train, test)
     if not tasks["groups"]:
         raise UserInputError("probe: no held-out answer is among the training answers of its attribute, so no "
-                             "class can be tested; use a target whose held-out answers repeat training answers "
-                             "or set train_on=forget+retain")
+                             "class can be tested; use a target whose held-out answers repeat training answers, "
+                             "set train_on=forget+retain or labels=first_token")
     test_items = [test[j] for g in tasks["groups"].values() for j in g["test"]]  # in probe_accuracy's order
     suite = EvalSuite(original, {"test": test_items})
     info = {"test_items": len(test_items), "train_items": len(train), "groups": list(tasks["groups"]),
             "skipped_groups": tasks["skipped"], "chance_acc": chance_accuracy(train, test, tasks),
-            "train_on": params.train_on, "l2": params.l2}
+            "train_on": params.train_on, "l2": params.l2, "labels": labels}
     qa_orig = suite.accuracies(original)["test"]
     base = {"original": {**_curve(original, train, test, tasks, params), "qa_acc": qa_orig, **info}}
     if oracle is not None:

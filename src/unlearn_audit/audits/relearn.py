@@ -18,13 +18,15 @@ steps 0, 1, 2, 5, 10, 20, 50 (configurable):
 Per method and attack: recovery and residual knowledge at the last step (definitions in
 :mod:`unlearn_audit.metrics.recovery`) with bootstrap 95% intervals over evaluation items,
 steps to reach 50% of the original's accuracy, the area under the recovery curve (mean
-recovery over the run), and the curves themselves.
+recovery over the run), and the curves themselves. ``metric`` chooses the per-item score the
+curves and ratios are computed on (exact match by default; ROUGE-L, answer probability, TOFU's
+truth ratio or WMDP's multiple-choice accuracy for benchmark targets, :mod:`unlearn_audit.metrics.itemwise`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field
@@ -32,6 +34,7 @@ from pydantic import Field
 from .. import progress
 from ..data.encode import encode_qa, encode_texts
 from ..errors import UserInputError
+from ..metrics.itemwise import ItemScorer
 from ..metrics.likelihood import mean_token_nll
 from ..metrics.qa import EvalSuite
 from ..metrics.recovery import bootstrap_intervals, curve_auc, recovery, residual, steps_to_fraction
@@ -50,6 +53,9 @@ class RelearnParams(AuditParams):
     bootstrap: int = Field(1000, ge=0, le=1_000_000, description="Bootstrap resamples for the intervals (0: none).")
     reemergence: bool = Field(True, description="Track concept neurons at every checkpoint (first seed).")
     top_frac: float = Field(0.02, gt=0, lt=1, description="Fraction of MLP neurons in a model's top concept set.")
+    metric: Literal["exact_match", "answer_prob", "rouge_l", "truth_ratio", "mc_accuracy"] = Field(
+        "exact_match", description="Per-item score that recovery and residual are computed on (metrics/itemwise.py).")
+    max_new_tokens: int = Field(32, ge=1, le=4096, description="Tokens generated per answer for metric rouge_l.")
 
 
 @dataclass(frozen=True)
@@ -78,11 +84,12 @@ def _train_data(subject, target, attack: Attack):
 
 
 def relearn_curve(subject, train_data, suite: EvalSuite, params: RelearnParams, seed: int,
-                  label: str, on_checkpoint=None) -> dict:
+                  label: str, on_checkpoint=None, scorer: ItemScorer | None = None) -> dict:
     """Fine-tune a copy of ``subject`` and score ``suite`` at every checkpoint (and call
     ``on_checkpoint(model)`` there, e.g. to track concept neurons).
 
-    Returns ``{"steps": [...], "correct": {set: (n_checkpoints, n_items) bool array}}``.
+    Returns ``{"steps": [...], "correct": {set: (n_checkpoints, n_items) array}}``: exact-match
+    correctness, or the per-item scores of ``scorer`` (a chosen metric) when given.
     """
     checkpoints = sorted(set(params.steps))
     if checkpoints[0] < 0:
@@ -93,8 +100,9 @@ def relearn_curve(subject, train_data, suite: EvalSuite, params: RelearnParams, 
     correct: dict[str, list[np.ndarray]] = {k: [] for k in suite.names}
 
     def record() -> None:
-        for k, s in suite.run(attacked).items():
-            correct[k].append(s.correct.numpy())
+        scores = scorer(attacked) if scorer is not None else {k: s.correct.numpy() for k, s in suite.run(attacked).items()}
+        for k, v in scores.items():
+            correct[k].append(v)
         if on_checkpoint is not None:
             on_checkpoint(model)
 
@@ -134,6 +142,8 @@ def _setup(name: str, original, target, params: RelearnParams):
     if missing:
         raise UserInputError(f"attack {name!r} needs the target's {', '.join(missing)} QA set")
     data = _train_data(original, target, attack)
+    scorer = (ItemScorer(suite, target, params.metric, attack.eval_sets, params.max_new_tokens)
+              if params.metric != "exact_match" else None)
     seeds = range(params.seed, params.seed + params.seeds)
     trackers: dict[str, Tracker] = {}
     if params.reemergence:
@@ -144,7 +154,8 @@ def _setup(name: str, original, target, params: RelearnParams):
         if params.reemergence:
             trackers[label] = Tracker(probe, original_scores)
         return _mean_over_seeds([relearn_curve(subject, data, suite, params, s, f"{label} ({name})",
-                                               trackers.get(label) if s == params.seed else None) for s in seeds])
+                                               trackers.get(label) if s == params.seed else None, scorer)
+                                 for s in seeds])
 
     return attack, curve, trackers
 
@@ -201,7 +212,7 @@ def _run_attack(name: str, original, unlearned: dict, oracle, target, params: Re
             "recovery": rec[-1], "residual": res[-1],
             "recovery_ci": ci["recovery"] if rec[-1] is not None else None,
             "residual_ci": ci["residual"] if res[-1] is not None else None,
-            "eval_sets": list(attack.eval_sets),
+            "eval_sets": list(attack.eval_sets), "metric": params.metric,
             "acc_before": float(acc[0]), "acc_after": float(acc[-1]),
             "oracle_acc_after": float(orc[-1].mean()) if orc is not None else None,
             "steps_to_50pct": steps_to_fraction(steps, acc.tolist(), 0.5 * original_acc),

@@ -21,6 +21,11 @@ Targets come from the built-in world (``world:<concept>[@<seed>]``, or
 - any other ``<name>.jsonl``: an extra evaluation set of QA lines (a line may carry
   ``"kind": "completion"`` for a raw prefix -> continuation item);
 - ``target.json`` (optional): ``{"name": ...}``.
+
+The field's benchmarks load as targets too: ``tofu:<split>``, ``wmdp:<domain>``,
+``muse:<corpus>`` (optionally ``@DIR``, a local copy), see :mod:`unlearn_audit.data.benchmarks`;
+their benchmark-specific items (perturbed answers, multiple choices, ...) are in
+``target.benchmark``.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from ..files import read_json, read_text, write_text_atomic
 from ..world import QA, World, build_world, holdout_entities, world_config
 from ..world.render import bios as render_bios
 from ..world.render import completions, concept_texts, qa_pairs, sentences
+from .benchmarks.items import BenchmarkData
 
 KNOWN_FILES = ("forget", "retain", "forget_heldout", "unrelated", "holdout")
 
@@ -55,6 +61,8 @@ class Target:
     holdout_text: list[str] = field(default_factory=list)  # forget-like texts no model saw (MIA non-members)
     # where it came from: {"world": {...config...}, "concept": name} or {"path": dir}
     source: dict = field(default_factory=dict)
+    # TOFU/WMDP/MUSE items no QA pair can hold (perturbed answers, choices, ...); None otherwise
+    benchmark: BenchmarkData | None = None
 
     def eval_sets(self) -> dict[str, list[QA]]:
         """Every QA set to evaluate, by name. Headline sets first."""
@@ -81,6 +89,7 @@ class Target:
             "unrelated_qa": len(self.unrelated_qa),
             "holdout_text": len(self.holdout_text),
             **{k: len(v) for k, v in self.extra_eval.items()},
+            **(self.benchmark.summary() if self.benchmark else {}),
         }
 
 
@@ -158,10 +167,12 @@ def load_target(spec: str | os.PathLike, *, world: World | None = None, seed: in
 
     Args:
         spec: ``world:<concept>[@<seed>]``, ``world:<preset>/<concept>[@<seed>]`` (a concept may
-            also be given by its index, ``world:0``) or a target directory.
+            also be given by its index, ``world:0``), a benchmark (``tofu:forget10[@DIR]``,
+            ``wmdp:bio[@DIR]``, ``muse:news[@DIR]``) or a target directory.
         world: the world to use for a ``world:`` spec that names no preset and no seed (the CLI
             passes the organism's own world here); defaults to the default preset, seed 0.
-        seed: seeds the forget/held-out split of a directory without ``forget_heldout.jsonl``.
+        seed: seeds the forget/held-out split of a directory without ``forget_heldout.jsonl``
+            and of a benchmark.
     """
     spec_s = str(spec)
     if spec_s.startswith("world:"):
@@ -175,6 +186,10 @@ def load_target(spec: str | os.PathLike, *, world: World | None = None, seed: in
                                      f"{len(world.concepts)} concepts: {', '.join(world.concept_names)}")
             concept = world.concepts[idx].name
         return world_target(world, concept)
+    from .benchmarks import is_benchmark_spec, load_benchmark
+
+    if is_benchmark_spec(spec_s):
+        return load_benchmark(spec_s, seed)
     return _load_target_dir(Path(spec_s), seed)
 
 

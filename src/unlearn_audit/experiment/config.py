@@ -250,9 +250,16 @@ def _describe(e: ValidationError, model: type[BaseModel]) -> str:
 
 def _check_names_and_params(exp: Experiment, where: str) -> None:
     from ..audits import audit_names, get_audit
+    from ..data.benchmarks import is_benchmark_spec, parse_benchmark_spec
     from ..methods import method_names
 
     for i, target in enumerate(exp.targets):
+        if is_benchmark_spec(target):  # parsed only: reading one may mean the hub, or gigabytes
+            try:
+                parse_benchmark_spec(target)
+            except UserInputError as e:
+                raise UserInputError(f"{where}: targets.{i}: {e}") from None
+            continue
         if not target.startswith("world:") and not Path(target).is_dir():
             raise UserInputError(f"{where}: targets.{i}: {target!r} is neither world:<concept> nor a directory "
                                  "holding forget.jsonl and retain.jsonl")
