@@ -11,6 +11,12 @@ An audit whose work on the original and the oracle does not depend on the unlear
 ``references``: a function ``(original, oracle, target, params) -> dict`` of JSON values, which
 ``run`` then accepts as ``references=``. Many methods audited on one target then share it:
 computed once, stored with an experiment's run, and reused when the run resumes.
+
+Most attacks measure each model on its own and then compare the numbers: they subclass
+:class:`Attack`, which owns that loop. It measures the original and the oracle once (their
+measurements are the attack's ``references``, so an experiment shares them across cells), then
+visits the unlearned models one at a time: ``measure`` each, ``score`` it against the two
+references.
 """
 
 from __future__ import annotations
@@ -56,6 +62,58 @@ def register_audit(name: str, params: type[AuditParams], summary: str,
     return wrap
 
 
+class Attack:
+    """An attack as two steps: ``measure`` one model, ``score`` an unlearned model's measurement
+    against the original's and the oracle's. Subclasses set ``name``, ``Params`` and ``summary``
+    and are registered with :func:`register_attack`.
+
+    Measurements are JSON values (stored with an experiment's shared work). ``setup`` builds what
+    every measurement of one (original, target, params) needs (evaluation suites, prompts); it is
+    called once per ``run`` and must be cheap, or take what it needs from ``references``.
+    """
+
+    name: str
+    Params: type[AuditParams] = AuditParams
+    summary: str = ""
+
+    def setup(self, original, target, params, references: dict | None = None) -> Any:
+        return None
+
+    def measure(self, subject, setup: Any, params, role: str) -> dict:
+        """One model's measurement; ``role`` is ``original``, ``oracle`` or ``unlearned``."""
+        raise NotImplementedError
+
+    def score(self, unlearned: dict, original: dict, oracle: dict | None, setup: Any, params) -> dict:
+        """The result of one unlearned model: at least ``recovery`` and ``residual``."""
+        raise NotImplementedError
+
+    def references(self, original, oracle, target, params, setup: Any = None) -> dict:
+        """``{"original": measurement, "oracle": measurement}`` (no ``oracle`` without one)."""
+        setup = self.setup(original, target, params) if setup is None else setup
+        out = {"original": self.measure(original, setup, params, "original")}
+        if oracle is not None:
+            out["oracle"] = self.measure(oracle, setup, params, "oracle")
+        return out
+
+    def run(self, original, unlearned: dict, oracle, target, params, references: dict | None = None) -> dict:
+        setup = self.setup(original, target, params, references)
+        if references is None:
+            references = self.references(original, oracle, target, params, setup)
+        base = {k: v for k, v in references.items() if k == "original" or oracle is not None}
+        results = {name: self.score(self.measure(subject, setup, params, "unlearned"), base["original"],
+                                    base.get("oracle"), setup, params)
+                   for name, subject in unlearned.items()}
+        return {"methods": results, "baselines": base}
+
+
+def register_attack(cls: type[Attack]) -> type[Attack]:
+    """Register an :class:`Attack` subclass under its ``name``."""
+    attack = cls()
+    AUDITS[cls.name] = AuditSpec(cls.name, attack.run, cls.Params, cls.summary,
+                                 lambda original, oracle, target, params: attack.references(original, oracle, target, params))
+    return cls
+
+
 def get_audit(name: str) -> AuditSpec:
     from . import _load_all
 
@@ -81,4 +139,9 @@ def audit_names() -> list[str]:
 
     _load_all()
     rank = {f"{__package__}.{m}": i for i, m in enumerate(_MODULES)}
-    return sorted(AUDITS, key=lambda n: rank.get(AUDITS[n].run.__module__, len(rank)))
+
+    def module(name: str) -> str:
+        run = AUDITS[name].run
+        return type(run.__self__).__module__ if isinstance(getattr(run, "__self__", None), Attack) else run.__module__
+
+    return sorted(AUDITS, key=lambda n: rank.get(module(n), len(rank)))
