@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..errors import UserInputError
 from ..params import validate_params
+from ..results.schema import AttackDeclaration
 
 
 class AuditParams(BaseModel):
@@ -44,6 +45,7 @@ class AuditSpec:
     Params: type[AuditParams]
     summary: str
     references: Callable[..., dict] | None = None  # (original, oracle, target, params) -> JSON dict
+    declaration: AttackDeclaration = AttackDeclaration()  # how its result is read (headline, label, better)
 
     def params(self, values: Mapping[str, Any] | None = None) -> AuditParams:
         return validate_params(self.Params, values, f"attack {self.name!r}")
@@ -53,11 +55,12 @@ AUDITS: dict[str, AuditSpec] = {}
 
 
 def register_audit(name: str, params: type[AuditParams], summary: str,
-                   references: Callable[..., dict] | None = None):
+                   references: Callable[..., dict] | None = None,
+                   declaration: AttackDeclaration = AttackDeclaration()):
     """Register ``fn(original, unlearned, oracle, target, params)`` as attack ``name``; with
     ``references``, ``fn`` also takes ``references=`` (the value that function returned)."""
     def wrap(fn):
-        AUDITS[name] = AuditSpec(name, fn, params, summary, references)
+        AUDITS[name] = AuditSpec(name, fn, params, summary, references, declaration)
         return fn
     return wrap
 
@@ -75,6 +78,7 @@ class Attack:
     name: str
     Params: type[AuditParams] = AuditParams
     summary: str = ""
+    declaration = AttackDeclaration()
 
     def setup(self, original, target, params, references: dict | None = None) -> Any:
         return None
@@ -110,7 +114,8 @@ def register_attack(cls: type[Attack]) -> type[Attack]:
     """Register an :class:`Attack` subclass under its ``name``."""
     attack = cls()
     AUDITS[cls.name] = AuditSpec(cls.name, attack.run, cls.Params, cls.summary,
-                                 lambda original, oracle, target, params: attack.references(original, oracle, target, params))
+                                 lambda original, oracle, target, params: attack.references(original, oracle, target, params),
+                                 cls.declaration)
     return cls
 
 

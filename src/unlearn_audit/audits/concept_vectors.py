@@ -28,7 +28,8 @@ another model: ``cos(v, v')`` and the Jaccard index of their top-``top_k`` proje
 ``J = |top(v) & top(v')| / |top(v) | top(v')|``. The trace T(model) is the mean J (1 for the
 original itself).
 
-This audit reads weights; nothing is attacked. Recovery and residual use the DESIGN formulas
+This audit reads weights; nothing is attacked. Recovery and residual use the formulas of
+:mod:`unlearn_audit.metrics.recovery`
 with the trace as the measurement and, for recovery, the trace of a model with none of the
 original's concept vectors (J = 0) in place of "unlearned":
 

@@ -18,7 +18,8 @@ directory, ``holdout.jsonl``.
 
 This audit only reads the models. With AUC the headline score's AUC (``score``, default
 ``min_k``, as in MUSE) and 0.5 the AUC of a model with no membership signal in place of
-"unlearned" in DESIGN's recovery:
+"unlearned" in the recovery of
+:mod:`unlearn_audit.metrics.recovery`:
 
     recovery = (AUC_unlearned - 0.5) / (AUC_original - 0.5)
     residual = (AUC_unlearned - AUC_oracle) / (AUC_original - AUC_oracle)

@@ -21,31 +21,28 @@ def fmt(x) -> str:
     return str(x)
 
 
-# attacks whose table column is not residual/recovery: attack -> (result key, column label)
-HEADLINES = {"patching": ("recovery", "KRS"), "weight_distance": ("relative_change", "rel. Δw")}
-# attacks measuring *speed*: their column is the mean of the residual (recovery) curve over the
-# run, since at the last step relearning on the forget texts brings every model to the same place
-BY_AREA = ("forget_data",)
-
-
 def summary_rows(results: dict, attacks: list[str]) -> tuple[list[str], list[list]]:
-    """The demo table: accuracies, then one column per attack: its residual knowledge (its
-    recovery when there is no oracle or the attack has no residual; their mean over the
-    relearning run for the attacks in :data:`BY_AREA`), or the attack's own headline number
-    (:data:`HEADLINES`: patching's best KRS, weight_distance's relative change)."""
+    """The demo table: accuracies, then one column per attack: the headline its declaration
+    names (:class:`unlearn_audit.results.schema.AttackDeclaration`): its residual knowledge, or
+    its recovery when there is no oracle, or the attack's own number (patching's best KRS,
+    weight_distance's relative change)."""
+    from ..results.schema import declaration
+
     has_oracle = bool(results.get("oracle"))
     methods = results["methods"].values()
+    declared = {a: declaration(results, a) for a in attacks}
 
     def key(attack):
-        if attack in HEADLINES:
-            return HEADLINES[attack][0]
+        d = declared[attack]
+        if d.fallback is None:
+            return d.headline
         if has_oracle and any(m["attacks"].get(attack, {}).get("residual") is not None for m in methods):
-            return "residual_auc" if attack in BY_AREA else "residual"
-        return "recovery_auc" if attack in BY_AREA else "recovery"
+            return d.headline
+        return d.fallback
 
     keys = {a: key(a) for a in attacks}
     cols = ["model", "forget", "held-out", "forget compl.", "retain", "unrelated"]
-    cols += [f"{a} {HEADLINES[a][1] if a in HEADLINES else keys[a].replace('_auc', ' AUC')}" for a in attacks]
+    cols += [f"{a} {declared[a].label or keys[a].replace('_auc', ' AUC')}" for a in attacks]
     margin = "rtt" in attacks and "unrelated" in attacks
     if margin:
         cols.append(f"rtt − unrelated {keys['rtt']}")
@@ -57,7 +54,8 @@ def summary_rows(results: dict, attacks: list[str]) -> tuple[list[str], list[lis
     rows = [["original", *accs(results["original"])] + [None] * (len(cols) - 6)]
     if has_oracle:
         baselines = results.get("baselines", {})
-        own = [baselines.get(a, {}).get("oracle", {}).get(keys[a]) if a in HEADLINES else None for a in attacks]
+        own = [baselines.get(a, {}).get("oracle", {}).get(keys[a]) if declared[a].fallback is None else None
+               for a in attacks]
         rows.append(["oracle", *accs(results["oracle"]), *own] + [None] * (len(cols) - 6 - len(attacks)))
     for name, m in results["methods"].items():
         row = [name, *accs(m), *[m["attacks"].get(a, {}).get(keys[a]) for a in attacks]]
