@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from unlearn_audit.audits.base import Attack
-from unlearn_audit.report.tables import summary_rows
+from unlearn_audit.report.tables import best_cells, compare_rows, higher_columns, summary_rows
 from unlearn_audit.results.schema import AttackDeclaration, target_document, validate_target
 
 
@@ -86,3 +86,20 @@ def test_the_table_reads_each_attack_s_declaration():
     cols, rows = summary_rows(_doc(no_oracle, declared, oracle=False), list(attacks))
     assert cols[6:] == ["plain recovery", "own my score", "speed recovery AUC"]
     assert rows[-1][6:] == [0.5, 7.0, 0.3]
+
+
+def test_best_cells_follow_the_declared_direction():
+    declared = {"up": AttackDeclaration(headline="score", fallback=None, better="higher")}
+    doc = _doc({"up": {"recovery": None, "residual": None, "score": 1.0}}, declared)
+    doc["methods"]["n"] = {**_evaluation(0.2), "attacks": {"up": {"recovery": None, "residual": None, "score": 3.0}}}
+    cols, rows = summary_rows(doc, ["up"])
+    j = cols.index("up score")
+    assert best_cells(cols, rows, higher_columns(doc, ["up"])) >= {(3, j)}   # 3.0 wins: higher is better
+    assert (2, j) in best_cells(cols, rows)                                   # undeclared: lower wins
+
+
+def test_compare_reads_the_declared_headline():
+    declared = {"w": AttackDeclaration(headline="relative_change", fallback=None)}
+    doc = _doc({"w": {"recovery": None, "residual": None, "relative_change": 0.5}}, declared)
+    rows = {(r["model"], r["metric"]): r for r in compare_rows(doc, doc)}
+    assert rows[("m", "w relative_change")]["diff"] == 0.0
