@@ -30,6 +30,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..errors import UserInputError
 from ..params import validate_params
+from ..registry import Registry
 from ..results.schema import AttackDeclaration
 
 
@@ -51,7 +52,9 @@ class AuditSpec:
         return validate_params(self.Params, values, f"attack {self.name!r}")
 
 
-AUDITS: dict[str, AuditSpec] = {}
+# every module of this package is imported on first lookup, then third-party entry points; an
+# entry is an AuditSpec, checked by its parameters' class
+AUDITS = Registry("attack", AuditParams, __package__, "unlearn_audit.attacks", check=lambda spec: spec.Params)
 
 
 def register_audit(name: str, params: type[AuditParams], summary: str,
@@ -60,7 +63,7 @@ def register_audit(name: str, params: type[AuditParams], summary: str,
     """Register ``fn(original, unlearned, oracle, target, params)`` as attack ``name``; with
     ``references``, ``fn`` also takes ``references=`` (the value that function returned)."""
     def wrap(fn):
-        AUDITS[name] = AuditSpec(name, fn, params, summary, references, declaration)
+        AUDITS.register(name, AuditSpec(name, fn, params, summary, references, declaration))
         return fn
     return wrap
 
@@ -112,17 +115,18 @@ class Attack:
 
 def register_attack(cls: type[Attack]) -> type[Attack]:
     """Register an :class:`Attack` subclass under its ``name``."""
+    if not issubclass(cls, Attack):
+        raise TypeError(f"attack {cls!r} is not a subclass of Attack")
     attack = cls()
-    AUDITS[cls.name] = AuditSpec(cls.name, attack.run, cls.Params, cls.summary,
+    AUDITS.register(cls.name, AuditSpec(cls.name, attack.run, cls.Params, cls.summary,
                                  lambda original, oracle, target, params: attack.references(original, oracle, target, params),
-                                 cls.declaration)
+                                 cls.declaration))
     return cls
 
 
 def get_audit(name: str) -> AuditSpec:
-    from . import _load_all
-
-    _load_all()
+    if name not in AUDITS:
+        AUDITS.load()
     if name not in AUDITS:
         raise UserInputError(f"unknown attack {name!r}; choose one of: {', '.join(audit_names())}")
     return AUDITS[name]
@@ -138,12 +142,12 @@ def sample_items(items: Sequence, n: int | None, seed: int) -> list:
 
 
 def audit_names() -> list[str]:
-    """Every attack, in the order of the audit modules (relearning first), whatever order other
-    imports registered them in."""
-    from . import _MODULES, _load_all
+    """Every attack, in the listing order of :data:`ORDER` (relearning first; modules it does
+    not name come after, by name), whatever order other imports registered them in."""
+    from . import ORDER
 
-    _load_all()
-    rank = {f"{__package__}.{m}": i for i, m in enumerate(_MODULES)}
+    AUDITS.load()
+    rank = {f"{__package__}.{m}": i for i, m in enumerate(ORDER)}
 
     def module(name: str) -> str:
         run = AUDITS[name].run
