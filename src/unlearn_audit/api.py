@@ -17,6 +17,7 @@ from typing import Any
 from . import faults, progress
 from .data.target import Target, load_target
 from .errors import UserInputError
+from .results.schema import target_document
 from .subject.organism import organism_world
 from .subject.subject import Subject
 
@@ -123,9 +124,10 @@ def audit(original: Subject, unlearned: Subject | Mapping[str, Subject], target:
             and parameters (computed here when not given).
         on_attack: called with each attack's name as it starts (progress displays).
     Returns:
-        A dict with the keys of ``results.json``: subject, concept, original, oracle, methods
-        (each with its accuracies and ``attacks``), baselines (original/oracle curves per
-        attack), timings_s.
+        One target's results document (:class:`unlearn_audit.results.schema.TargetResult`,
+        ``docs/results.md``): subject, concept, original, oracle, methods (each with its
+        accuracies and ``attacks``), baselines (original/oracle measurements per attack),
+        timings_s, declarations.
     """
     if isinstance(unlearned, Subject):
         unlearned = {unlearned.info.get("method", {}).get("name", "unlearned"): unlearned}
@@ -138,26 +140,24 @@ def audit(original: Subject, unlearned: Subject | Mapping[str, Subject], target:
         timings.update(shared["timings_s"])
 
     start = time.perf_counter()
-    results: dict[str, Any] = {
-        "subject": original.name, "concept": target.name,
-        "original": shared["original"], "oracle": shared["oracle"],
-        "methods": {name: {**evaluator(s), "params": s.info.get("method", {}).get("params"), "attacks": {}}
-                    for name, s in unlearned.items()},
-        "baselines": {},
-    }
+    methods = {name: {**evaluator(s), "params": s.info.get("method", {}).get("params"), "attacks": {}}
+               for name, s in unlearned.items()}
+    baselines: dict[str, Any] = {}
     timings["evaluate"] = timings.get("evaluate", 0.0) + time.perf_counter() - start
     for spec, params in specs:
         if on_attack is not None:
             on_attack(spec.name)
         faults.point("attack")
         start = time.perf_counter()
-        extra = {"references": shared["attacks"][spec.name]} if spec.references is not None else {}
-        out = spec.run(original, dict(unlearned), oracle, target, params, **extra)
+        # shared work stored by an older version may lack an attack's references: then it computes them
+        refs = shared["attacks"].get(spec.name) if spec.references is not None else None
+        out = spec.run(original, dict(unlearned), oracle, target, params,
+                       **({"references": refs} if refs is not None else {}))
         for name, r in out["methods"].items():
-            results["methods"][name]["attacks"][spec.name] = r
-        results["baselines"][spec.name] = out.get("baselines", {})
+            methods[name]["attacks"][spec.name] = r
+        baselines[spec.name] = out.get("baselines", {})
         timings[spec.name] = timings.get(f"{spec.name} references", 0.0) + time.perf_counter() - start
         timings.pop(f"{spec.name} references", None)
         progress.log(f"  {spec.name}: {timings[spec.name]:.1f} s")
-    results["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
-    return results
+    return target_document(shared, methods, baselines, {s.name: s.declaration for s, _ in specs},
+                           {k: round(v, 2) for k, v in timings.items()})

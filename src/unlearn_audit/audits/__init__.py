@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
-import importlib
+from .base import (
+         AUDITS,
+         Attack,
+         AuditParams,
+         AuditSpec,
+         audit_names,
+         get_audit,
+         register_attack,
+         register_audit,
+)
 
-from .base import AUDITS, AuditParams, AuditSpec, audit_names, get_audit, register_audit
-
-_MODULES = ("relearn", "patching", "logit_lens", "ablation", "probe", "concept_vectors", "in_context", "quantize",
-            "mia", "weight_distance")
-
-
-def _load_all() -> None:
-    for m in _MODULES:
-        importlib.import_module(f"{__name__}.{m}")
+# the order attacks are listed in (``attacks``, ``--attacks all``); a module missing here is still
+# found (the registry imports every module of this package), it is only listed last
+ORDER = ("relearn", "patching", "logit_lens", "ablation", "probe", "concept_vectors", "in_context", "quantize",
+         "mia", "weight_distance")
 
 
-__all__ = ["AUDITS", "AuditParams", "AuditSpec", "audit_names", "get_audit", "register_audit"]
+__all__ = ["AUDITS", "ORDER", "Attack", "AuditParams", "AuditSpec", "audit_names", "get_audit", "register_attack",
+           "register_audit"]

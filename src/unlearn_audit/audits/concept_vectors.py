@@ -28,7 +28,8 @@ another model: ``cos(v, v')`` and the Jaccard index of their top-``top_k`` proje
 ``J = |top(v) & top(v')| / |top(v) | top(v')|``. The trace T(model) is the mean J (1 for the
 original itself).
 
-This audit reads weights; nothing is attacked. Recovery and residual use the DESIGN formulas
+This audit reads weights; nothing is attacked. Recovery and residual use the formulas of
+:mod:`unlearn_audit.metrics.recovery`
 with the trace as the measurement and, for recovery, the trace of a model with none of the
 original's concept vectors (J = 0) in place of "unlearned":
 
@@ -54,12 +55,12 @@ from pydantic import Field
 
 from ..data.encode import encode_qa, take
 from ..errors import UserInputError
-from ..metrics.likelihood import forward
+from ..metrics.likelihood import eval_mode, forward
 from ..metrics.qa import EvalSuite
 from ..metrics.recovery import recovery, residual
 from ..subject.sites import Site, num_layers, patched_weights, record, unembed, value_vectors
 from ..world import QA
-from .base import AuditParams, register_audit
+from .base import Attack, AuditParams, register_attack
 
 
 class ConceptVectorParams(AuditParams):
@@ -111,10 +112,8 @@ def attribution_scores(subject, forget: Sequence[QA], retain: Sequence[QA], chun
     z = [standardised_projection(model, layer, used, chunk) for layer in range(n_layers)]   # L x (d_mlp, U)
     sites = [Site("mlp_coefficients", layer) for layer in range(n_layers)]
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     means = {}
-    try:
+    with eval_mode(model):
         for key, data in encoded.items():
             total, count = torch.zeros(n_layers, z[0].shape[0]), 0
             for i in range(0, data["input_ids"].shape[0], batch_size):
@@ -129,8 +128,6 @@ def attribution_scores(subject, forget: Sequence[QA], retain: Sequence[QA], chun
                     total[layer] += (a * z[layer][:, cols].T).sum(0)
                 count += int(scored.sum())
             means[key] = total / max(count, 1)
-    finally:
-        model.train(was_training)
     return means["forget"] - means["retain"] if "retain" in means else means["forget"]
 
 
@@ -188,17 +185,7 @@ def ablation(original, suite: EvalSuite, located, seed: int) -> dict:
     return out
 
 
-@register_audit("concept_vectors", ConceptVectorParams,
-                "MLP value vectors carrying the concept: cosine / top-k Jaccard vs the original (Hong et al. 2024)")
-def run_concept_vectors(original, unlearned: dict, oracle, target, params: ConceptVectorParams) -> dict:
-    forget = [q for q in target.all_forget_qa if q.kind == "qa"]
-    if not forget:
-        raise UserInputError("concept_vectors needs forget QA (question/answer lines)")
-    for name, s in {**unlearned, "oracle": oracle}.items():
-        if s is not None and (num_layers(s.model) != num_layers(original.model)
-                              or value_vectors(s.model, 0).shape != value_vectors(original.model, 0).shape):
-            raise UserInputError(f"concept_vectors: {name} does not have the original's architecture; "
-                                 "value vectors are compared index by index")
+def _locate(original, target, forget: list[QA], params: ConceptVectorParams) -> list[tuple[int, int]]:
     if params.locate == "projection":
         tokens = concept_tokens(original.tokenizer, forget, target.retain_qa + target.unrelated_qa)
         if not tokens:
@@ -208,27 +195,54 @@ def run_concept_vectors(original, unlearned: dict, oracle, target, params: Conce
     else:
         scores = attribution_scores(original, forget, [q for q in target.retain_qa if q.kind == "qa"],
                                     params.chunk, params.batch_size)
-    located = top_vectors(scores, params.n_vectors)
-    sets = {k: v for k, v in (("forget", forget), ("retain", target.retain_qa),
-                              ("unrelated", target.unrelated_qa)) if v}
-    suite, forget_suite = EvalSuite(original, sets), EvalSuite(original, {"forget": forget})
-    acc_orig = forget_suite.accuracies(original)["forget"]
-    base = {"original": {"vectors": [list(x) for x in located], "locate": params.locate,
-                         "ablation": ablation(original, suite, located, params.seed)}}
-    t_oracle = c_oracle = None
-    if oracle is not None:
-        base["oracle"] = compare(original.model, oracle.model, located, params.top_k)
-        t_oracle, c_oracle = base["oracle"]["jaccard"], base["oracle"]["cosine"]
-    results = {}
-    for name, subject in unlearned.items():
+    return top_vectors(scores, params.n_vectors)
+
+
+@register_attack
+class ConceptVectors(Attack):
+    name = "concept_vectors"
+    Params = ConceptVectorParams
+    summary = "MLP value vectors carrying the concept: cosine / top-k Jaccard vs the original (Hong et al. 2024)"
+
+    def setup(self, original, target, params: ConceptVectorParams, references=None) -> dict:
+        """The located vectors (from the original's reference when given: locating is the costly
+        part) and the evaluation suites."""
+        forget = [q for q in target.all_forget_qa if q.kind == "qa"]
+        if not forget:
+            raise UserInputError("concept_vectors needs forget QA (question/answer lines)")
+        located = ([tuple(x) for x in references["original"]["vectors"]] if references is not None
+                   else _locate(original, target, forget, params))
+        sets = {k: v for k, v in (("forget", forget), ("retain", target.retain_qa),
+                                  ("unrelated", target.unrelated_qa)) if v}
+        forget_suite = EvalSuite(original, {"forget": forget})
+        return {"original": original, "located": located, "suite": EvalSuite(original, sets),
+                "forget_suite": forget_suite, "acc_original": forget_suite.accuracies(original)["forget"]}
+
+    def measure(self, subject, setup: dict, params: ConceptVectorParams, role: str) -> dict:
+        original, located = setup["original"], setup["located"]
+        if role == "original":
+            return {"vectors": [list(x) for x in located], "locate": params.locate,
+                    "ablation": ablation(original, setup["suite"], located, params.seed)}
+        if (num_layers(subject.model) != num_layers(original.model)
+                or value_vectors(subject.model, 0).shape != value_vectors(original.model, 0).shape):
+            raise UserInputError(f"concept_vectors: the {role} model does not have the original's architecture; "
+                                 "value vectors are compared index by index")
         trace = compare(original.model, subject.model, located, params.top_k)
-        acc = forget_suite.accuracies(subject)["forget"]
+        if role == "oracle":
+            return trace
+        suite = setup["forget_suite"]
+        acc = suite.accuracies(subject)["forget"]
         with patched_weights(subject.model, _replaced(subject.model, located, original.model)):
-            restored = forget_suite.accuracies(subject)["forget"]
-        results[name] = {
-            "recovery": recovery(trace["jaccard"], 0.0, 1.0),
-            "residual": residual(trace["jaccard"], t_oracle, 1.0, t_oracle) if oracle is not None else None,
-            "residual_cosine": residual(trace["cosine"], c_oracle, 1.0, c_oracle) if oracle is not None else None,
-            **trace, "acc": acc, "restored_acc": restored,
-            "restore_recovery": recovery(restored, acc, acc_orig)}
-    return {"methods": results, "baselines": base}
+            restored = suite.accuracies(subject)["forget"]
+        return {**trace, "acc": acc, "restored_acc": restored}
+
+    def score(self, m: dict, original: dict, oracle: dict | None, setup: dict, params) -> dict:
+        t_oracle = oracle["jaccard"] if oracle is not None else None
+        c_oracle = oracle["cosine"] if oracle is not None else None
+        trace = {k: m[k] for k in ("cosine", "jaccard", "per_vector")}
+        return {
+            "recovery": recovery(m["jaccard"], 0.0, 1.0),
+            "residual": residual(m["jaccard"], t_oracle, 1.0, t_oracle) if oracle is not None else None,
+            "residual_cosine": residual(m["cosine"], c_oracle, 1.0, c_oracle) if oracle is not None else None,
+            **trace, "acc": m["acc"], "restored_acc": m["restored_acc"],
+            "restore_recovery": recovery(m["restored_acc"], m["acc"], setup["acc_original"])}

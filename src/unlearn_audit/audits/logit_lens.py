@@ -23,7 +23,7 @@ from pydantic import Field
 
 from ..data.encode import encode_qa
 from ..errors import UserInputError
-from ..metrics.likelihood import forward
+from ..metrics.likelihood import eval_mode, forward
 from ..metrics.recovery import recovery, residual
 from ..subject.sites import Site, num_layers, record, unembed
 from .base import AuditParams, register_audit
@@ -46,9 +46,7 @@ def lens(subject, items, batch_size: int = 64) -> dict:
     sites = [Site("resid_post", layer) for layer in range(n_layers)]
     device = next(model.parameters()).device
     prob, rank = torch.zeros(n_layers, len(items)), torch.zeros(n_layers, len(items))
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for i in range(0, len(items), batch_size):
             sl = slice(i, i + batch_size)
             ids, mask = data["input_ids"][sl].to(device), data["attention_mask"][sl].to(device)
@@ -60,8 +58,6 @@ def lens(subject, items, batch_size: int = 64) -> dict:
                 p = torch.softmax(logits, -1)
                 prob[layer, sl] = p[rows, target].cpu()
                 rank[layer, sl] = (logits > logits[rows, target][:, None]).sum(-1).float().cpu()
-    finally:
-        model.train(was_training)
     return {"layers": list(range(n_layers)), "prob": prob.mean(1).tolist(), "rank": rank.mean(1).tolist(),
             "acc": (rank == 0).float().mean(1).tolist()}
 

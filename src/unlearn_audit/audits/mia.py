@@ -18,7 +18,8 @@ directory, ``holdout.jsonl``.
 
 This audit only reads the models. With AUC the headline score's AUC (``score``, default
 ``min_k``, as in MUSE) and 0.5 the AUC of a model with no membership signal in place of
-"unlearned" in DESIGN's recovery:
+"unlearned" in the recovery of
+:mod:`unlearn_audit.metrics.recovery`:
 
     recovery = (AUC_unlearned - 0.5) / (AUC_original - 0.5)
     residual = (AUC_unlearned - AUC_oracle) / (AUC_original - AUC_oracle)
@@ -34,7 +35,7 @@ from pydantic import Field
 from ..errors import UserInputError
 from ..metrics.mia import SCORES, auc, mia_scores
 from ..metrics.recovery import recovery, residual
-from .base import AuditParams, register_audit
+from .base import Attack, AuditParams, register_attack
 
 
 class MIAParams(AuditParams):
@@ -54,31 +55,37 @@ def aucs(subject, members, nonmembers, params: MIAParams) -> dict[str, float]:
     return {s: auc(m[s], n[s]) for s in SCORES}
 
 
-@register_audit("mia", MIAParams,
-                "membership inference forget vs never-seen holdout texts: LOSS, zlib, Min-K%, Min-K%++ AUC (MUSE)")
-def run_mia(original, unlearned: dict, oracle, target, params: MIAParams) -> dict:
-    members, nonmembers = list(target.forget_text), list(target.holdout_text)
-    if not members:
-        raise UserInputError("mia needs forget texts ({\"text\": ...} lines in forget.jsonl)")
-    if not nonmembers:
-        raise UserInputError("mia needs never-seen texts like the forget texts: add holdout.jsonl with "
-                             "{\"text\": ...} lines to the target directory")
-    base = {"original": {**aucs(original, members, nonmembers, params),
-                         "members": len(members), "nonmembers": len(nonmembers), "score": params.score}}
-    if oracle is not None:
-        base["oracle"] = aucs(oracle, members, nonmembers, params)
-    results = {}
-    for name, subject in unlearned.items():
-        a = aucs(subject, members, nonmembers, params)
+@register_attack
+class MembershipInference(Attack):
+    name = "mia"
+    Params = MIAParams
+    summary = "membership inference forget vs never-seen holdout texts: LOSS, zlib, Min-K%, Min-K%++ AUC (MUSE)"
+
+    def setup(self, original, target, params: MIAParams, references=None) -> dict:
+        members, nonmembers = list(target.forget_text), list(target.holdout_text)
+        if not members:
+            raise UserInputError("mia needs forget texts ({\"text\": ...} lines in forget.jsonl)")
+        if not nonmembers:
+            raise UserInputError("mia needs never-seen texts like the forget texts: add holdout.jsonl with "
+                                 "{\"text\": ...} lines to the target directory")
+        return {"members": members, "nonmembers": nonmembers}
+
+    def measure(self, subject, setup: dict, params: MIAParams, role: str) -> dict:
+        a = aucs(subject, setup["members"], setup["nonmembers"], params)
+        if role == "original":
+            return {**a, "members": len(setup["members"]), "nonmembers": len(setup["nonmembers"]),
+                    "score": params.score}
+        return a
+
+    def score(self, a: dict, original: dict, oracle: dict | None, setup, params: MIAParams) -> dict:
         per_score = {}
         for s in SCORES:
-            orc = base["oracle"][s] if oracle is not None else None
+            orc = oracle[s] if oracle is not None else None
             per_score[s] = {
                 "auc": a[s],
-                "recovery": recovery(a[s], 0.5, base["original"][s]),
-                "residual": residual(a[s], orc, base["original"][s], orc) if orc is not None else None,
+                "recovery": recovery(a[s], 0.5, original[s]),
+                "residual": residual(a[s], orc, original[s], orc) if orc is not None else None,
                 "privleak": (a[s] - orc) / orc if orc else None}
         head = per_score[params.score]
-        results[name] = {"recovery": head["recovery"], "residual": head["residual"], "auc": head["auc"],
-                         "privleak": head["privleak"], "scores": per_score}
-    return {"methods": results, "baselines": base}
+        return {"recovery": head["recovery"], "residual": head["residual"], "auc": head["auc"],
+                "privleak": head["privleak"], "scores": per_score}

@@ -50,6 +50,7 @@ from .. import progress
 from ..errors import UserInputError
 from ..metrics.generation import greedy_continuations
 from ..metrics.likelihood import forward_logits
+from ..results.schema import AttackDeclaration
 from ..subject.sites import Site, hooks, num_layers, patched_weights, record, value_vectors
 from ..world import QA
 from .base import AuditParams, register_audit, sample_items
@@ -288,7 +289,8 @@ def best(profile: dict) -> float | None:
 
 
 @register_audit("patching", PatchingParams,
-                "restore vanilla MLP coefficients / value vectors / attention by layer window (KRS, Hong et al. 2024)")
+                "restore vanilla MLP coefficients / value vectors / attention by layer window (KRS, Hong et al. 2024)",
+                declaration=AttackDeclaration(headline="recovery", fallback=None, label="KRS"))
 def run_patching(original, unlearned: dict, oracle, target, params: PatchingParams) -> dict:
     forget = sample_items([q for q in target.all_forget_qa if q.kind == "qa"], params.max_questions, params.seed)
     unrelated = sample_items([q for q in target.unrelated_qa if q.kind == "qa"], params.max_questions, params.seed)

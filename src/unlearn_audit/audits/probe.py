@@ -58,13 +58,13 @@ from pydantic import Field
 
 from ..data.encode import encode_qa
 from ..errors import UserInputError
-from ..metrics.likelihood import forward
+from ..metrics.likelihood import eval_mode, forward
 from ..metrics.linear import fit_probe
 from ..metrics.qa import EvalSuite
 from ..metrics.recovery import recovery, residual
 from ..subject.sites import Site, num_layers, record
 from ..world import QA
-from .base import AuditParams, register_audit
+from .base import Attack, AuditParams, register_attack
 
 
 class ProbeParams(AuditParams):
@@ -103,17 +103,13 @@ def last_token_states(subject, items: Sequence[QA], batch_size: int = 64) -> tor
     sites = [Site("resid_post", layer) for layer in range(num_layers(model))]
     device = next(model.parameters()).device
     out = []
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for i in range(0, len(items), batch_size):
             ids = data["input_ids"][i:i + batch_size].to(device)
             mask = data["attention_mask"][i:i + batch_size].to(device)
             acts = record(model, sites, lambda ids=ids, mask=mask: forward(model, ids, mask))
             rows, pos = torch.arange(ids.shape[0]), position[i:i + batch_size].to(device)
             out.append(torch.stack([acts[s][rows, pos].float().cpu() for s in sites]))   # (L, B, d)
-    finally:
-        model.train(was_training)
     return torch.cat(out, 1)
 
 
@@ -174,39 +170,44 @@ def _curve(subject, train, test, tasks, params: ProbeParams) -> dict:
     return {"acc": acc, "best": best, "best_layer": acc.index(best)}
 
 
-@register_audit("probe", ProbeParams,
-                "linear probes per layer decode held-out answers from the last prompt token (Lynch et al. 2024)")
-def run_probe(original, unlearned: dict, oracle, target, params: ProbeParams) -> dict:
-    train = [q for q in target.forget_qa if q.kind == "qa"]
-    if params.train_on == "forget+retain":
-        train += [q for q in target.retain_qa if q.kind == "qa"]
-    test = [q for q in target.forget_heldout_qa if q.kind == "qa"]
-    tasks = probe_tasks(train, test)
-    labels = params.labels
-    if labels == "first_token" or (labels == "auto" and not tasks["groups"]):
-        labels = "first_token"
-        train, test = first_token_items(original, train), first_token_items(original, test)
+@register_attack
+class Probe(Attack):
+    name = "probe"
+    Params = ProbeParams
+    summary = "linear probes per layer decode held-out answers from the last prompt token (Lynch et al. 2024)"
+
+    def setup(self, original, target, params: ProbeParams, references=None) -> dict:
+        train = [q for q in target.forget_qa if q.kind == "qa"]
+        if params.train_on == "forget+retain":
+            train += [q for q in target.retain_qa if q.kind == "qa"]
+        test = [q for q in target.forget_heldout_qa if q.kind == "qa"]
         tasks = probe_tasks(train, test)
-    if not tasks["groups"]:
-        raise UserInputError("probe: no held-out answer is among the training answers of its attribute, so no "
-                             "class can be tested; use a target whose held-out answers repeat training answers, "
-                             "set train_on=forget+retain or labels=first_token")
-    test_items = [test[j] for g in tasks["groups"].values() for j in g["test"]]  # in probe_accuracy's order
-    suite = EvalSuite(original, {"test": test_items})
-    info = {"test_items": len(test_items), "train_items": len(train), "groups": list(tasks["groups"]),
-            "skipped_groups": tasks["skipped"], "chance_acc": chance_accuracy(train, test, tasks),
-            "train_on": params.train_on, "l2": params.l2, "labels": labels}
-    qa_orig = suite.accuracies(original)["test"]
-    base = {"original": {**_curve(original, train, test, tasks, params), "qa_acc": qa_orig, **info}}
-    if oracle is not None:
-        base["oracle"] = {**_curve(oracle, train, test, tasks, params), "qa_acc": suite.accuracies(oracle)["test"]}
-    results = {}
-    for name, subject in unlearned.items():
-        curve = _curve(subject, train, test, tasks, params)
-        qa = suite.accuracies(subject)["test"]
-        res = None
-        if oracle is not None:
-            res = residual(curve["best"], base["oracle"]["best"], qa_orig, base["oracle"]["qa_acc"])
-        results[name] = {"recovery": recovery(curve["best"], qa, qa_orig), "residual": res,
-                         "qa_acc": qa, **curve, "test_items": len(test_items), "chance_acc": info["chance_acc"]}
-    return {"methods": results, "baselines": base}
+        labels = params.labels
+        if labels == "first_token" or (labels == "auto" and not tasks["groups"]):
+            labels = "first_token"
+            train, test = first_token_items(original, train), first_token_items(original, test)
+            tasks = probe_tasks(train, test)
+        if not tasks["groups"]:
+            raise UserInputError("probe: no held-out answer is among the training answers of its attribute, so no "
+                                 "class can be tested; use a target whose held-out answers repeat training answers, "
+                                 "set train_on=forget+retain or labels=first_token")
+        test_items = [test[j] for g in tasks["groups"].values() for j in g["test"]]  # in probe_accuracy's order
+        return {"train": train, "test": test, "tasks": tasks, "suite": EvalSuite(original, {"test": test_items}),
+                "test_items": len(test_items), "labels": labels}
+
+    def measure(self, subject, setup: dict, params: ProbeParams, role: str) -> dict:
+        qa = setup["suite"].accuracies(subject)["test"]
+        out = {**_curve(subject, setup["train"], setup["test"], setup["tasks"], params), "qa_acc": qa}
+        if role == "original":
+            train, test, tasks = setup["train"], setup["test"], setup["tasks"]
+            out.update({"test_items": setup["test_items"], "train_items": len(train), "groups": list(tasks["groups"]),
+                        "skipped_groups": tasks["skipped"], "chance_acc": chance_accuracy(train, test, tasks),
+                        "train_on": params.train_on, "l2": params.l2, "labels": setup["labels"]})
+        return out
+
+    def score(self, unlearned: dict, original: dict, oracle: dict | None, setup, params) -> dict:
+        curve = {k: unlearned[k] for k in ("acc", "best", "best_layer")}
+        qa, qa_orig = unlearned["qa_acc"], original["qa_acc"]
+        res = residual(curve["best"], oracle["best"], qa_orig, oracle["qa_acc"]) if oracle is not None else None
+        return {"recovery": recovery(curve["best"], qa, qa_orig), "residual": res,
+                "qa_acc": qa, **curve, "test_items": original["test_items"], "chance_acc": original["chance_acc"]}

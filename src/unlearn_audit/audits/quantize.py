@@ -42,7 +42,7 @@ from ..errors import UserInputError
 from ..metrics.qa import EvalSuite
 from ..metrics.recovery import recovery, residual
 from ..subject.sites import decoder_layers
-from .base import AuditParams, register_audit, sample_items
+from .base import Attack, AuditParams, register_attack, sample_items
 
 
 class QuantizeParams(AuditParams):
@@ -114,31 +114,35 @@ def _accuracies(subject, suite: EvalSuite, bits: list[int], group_size: int) -> 
     return out
 
 
-@register_audit("quantize", QuantizeParams,
-                "round-to-nearest int8/int4 quantization of the weights (Zhang et al. ICLR 2025)")
-def run_quantize(original, unlearned: dict, oracle, target, params: QuantizeParams) -> dict:
-    bits = sorted(set(params.bits), reverse=True)
-    if not bits:
-        raise UserInputError("quantize: give at least one bit width, e.g. bits=[8,4]")
-    forget = target.all_forget_qa
-    sets = {k: v for k, v in (("forget", forget), ("retain", sample_items(target.retain_qa, len(forget), params.seed))) if v}
-    suite = EvalSuite(original, sets)
-    base = {"original": {**_accuracies(original, suite, bits, params.group_size), "group_size": params.group_size}}
-    if oracle is not None:
-        base["oracle"] = _accuracies(oracle, suite, bits, params.group_size)
-    orig = base["original"]["full"]["forget"]
-    results = {}
-    for name, subject in unlearned.items():
-        acc = _accuracies(subject, suite, bits, params.group_size)
+@register_attack
+class Quantize(Attack):
+    name = "quantize"
+    Params = QuantizeParams
+    summary = "round-to-nearest int8/int4 quantization of the weights (Zhang et al. ICLR 2025)"
+
+    def setup(self, original, target, params: QuantizeParams, references=None) -> dict:
+        bits = sorted(set(params.bits), reverse=True)
+        if not bits:
+            raise UserInputError("quantize: give at least one bit width, e.g. bits=[8,4]")
+        forget = target.all_forget_qa
+        sets = {k: v for k, v in (("forget", forget), ("retain", sample_items(target.retain_qa, len(forget), params.seed)))
+                if v}
+        return {"bits": bits, "suite": EvalSuite(original, sets)}
+
+    def measure(self, subject, setup: dict, params: QuantizeParams, role: str) -> dict:
+        acc = _accuracies(subject, setup["suite"], setup["bits"], params.group_size)
+        return {**acc, "group_size": params.group_size} if role == "original" else acc
+
+    def score(self, acc: dict, original: dict, oracle: dict | None, setup: dict, params: QuantizeParams) -> dict:
+        orig = original["full"]["forget"]
         per_bits = {}
-        for b in bits:
+        for b in setup["bits"]:
             key = f"int{b}"
             res = None
             if oracle is not None:
-                res = residual(acc[key]["forget"], base["oracle"][key]["forget"], orig, base["oracle"]["full"]["forget"])
+                res = residual(acc[key]["forget"], oracle[key]["forget"], orig, oracle["full"]["forget"])
             per_bits[key] = {"recovery": recovery(acc[key]["forget"], acc["full"]["forget"], orig), "residual": res}
         rec = [v["recovery"] for v in per_bits.values() if v["recovery"] is not None]
         res = [v["residual"] for v in per_bits.values() if v["residual"] is not None]
-        results[name] = {"recovery": max(rec) if rec else None, "residual": max(res) if res else None,
-                         "acc": acc, "by_bits": per_bits, "group_size": params.group_size}
-    return {"methods": results, "baselines": base}
+        return {"recovery": max(rec) if rec else None, "residual": max(res) if res else None,
+                "acc": acc, "by_bits": per_bits, "group_size": params.group_size}

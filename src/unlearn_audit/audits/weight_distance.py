@@ -31,6 +31,7 @@ from pydantic import Field, field_validator
 
 from ..errors import UserInputError
 from ..metrics.qa import EvalSuite
+from ..results.schema import AttackDeclaration
 from ..subject.sites import architecture, num_layers
 from .base import AuditParams, register_audit, sample_items
 
@@ -114,7 +115,8 @@ def interpolation(original, subject, suite: EvalSuite, alphas: Sequence[float]) 
 
 
 @register_audit("weight_distance", WeightDistanceParams,
-                "per-layer weight change vs the original and the loss along the straight line between them")
+                "per-layer weight change vs the original and the loss along the straight line between them",
+                declaration=AttackDeclaration(headline="relative_change", fallback=None, label="rel. Δw"))
 def run_weight_distance(original, unlearned: dict, oracle, target, params: WeightDistanceParams) -> dict:
     alphas = sorted(set(params.alphas))
     if len(alphas) < 2:

@@ -8,7 +8,7 @@ stored in ``shared/``; then each cell: unlearn, evaluate, run every attack on th
 store ``cells/<method>-<key>.json``. Subjects are loaded once per run and only when some work
 is left. A killed run loses at most the cell in progress; run it again and it skips what is
 stored (see :mod:`.checkpoint` for how files are checked). At the end ``results.json`` (the
-nested document of DESIGN.md), ``results.sqlite`` (the tidy table) and ``report.html`` are
+nested document of ``docs/results.md``), ``results.sqlite`` (the tidy table) and ``report.html`` are
 built from the stored files alone.
 """
 
@@ -22,6 +22,7 @@ from pathlib import Path
 from .. import progress
 from ..errors import RunError, UnlearnAuditError
 from ..files import prepare_output_dir
+from ..results.schema import target_document
 from .checkpoint import (
     FORMAT,
     RunLock,
@@ -254,10 +255,14 @@ def run_experiment(exp: Experiment, source_text: str | None = None, *, out: str 
 
 def assemble(exp: Experiment, cells: list[Cell], done: dict[str, dict], shared: dict[tuple[str, int], dict],
              failed: dict[str, dict] | None = None) -> dict:
-    """``results.json`` from the stored files: per target the DESIGN.md document (methods keyed
-    by setting name; cells that failed listed under ``failed`` with their error); with several
-    targets, ``targets`` maps each concept to one."""
+    """``results.json`` from the stored files: per target the document of ``docs/results.md``
+    (methods keyed by setting name; :func:`unlearn_audit.results.schema.target_document`; cells
+    that failed listed under ``failed`` with their error); with several targets, ``targets``
+    maps each concept to one."""
+    from ..audits import get_audit
+
     failed = failed or {}
+    declarations = {a: get_audit(a).declaration for a in exp.attacks}
     docs: dict[str, dict] = {}
     for target in exp.targets:
         first = shared[(target, exp.seeds[0])]
@@ -272,20 +277,18 @@ def assemble(exp: Experiment, cells: list[Cell], done: dict[str, dict], shared: 
                 key = f"unlearn:{c.setting}" if k == "unlearn" else k
                 timings[key] = timings.get(key, 0.0) + v
         timings["total"] = sum(timings.values())
-        doc = {"subject": first["subject"], "concept": first["concept"], "original": first["original"],
-               "oracle": first["oracle"], "methods": {c.setting: done[c.key]["result"] for c in mine},
-               "baselines": baselines[exp.seeds[0]],
-               "settings": {c.setting: {"method": c.method, "params": c.params, "seed": c.seed, "cell": c.key}
-                            for c in mine},
-               "timings_s": {k: round(v, 2) for k, v in timings.items()},
-               "experiment": {"name": exp.name, "config_hash": config_hash(exp), "target": target,
-                              "seeds": exp.seeds, "attacks": list(exp.attacks), "cells": len(mine)}}
+        extra = {"settings": {c.setting: {"method": c.method, "params": c.params, "seed": c.seed, "cell": c.key}
+                              for c in mine},
+                 "experiment": {"name": exp.name, "config_hash": config_hash(exp), "target": target,
+                                "seeds": exp.seeds, "attacks": list(exp.attacks), "cells": len(mine)}}
         if len(exp.seeds) > 1:
-            doc["baselines_by_seed"] = {str(s): b for s, b in baselines.items()}
+            extra["baselines_by_seed"] = {str(s): b for s, b in baselines.items()}
         lost = {f["setting"]: {k: f[k] for k in ("method", "seed", "error")}
                 for f in failed.values() if f["target"] == target}
         if lost:
-            doc["failed"] = lost
+            extra["failed"] = lost
+        doc = target_document(first, {c.setting: done[c.key]["result"] for c in mine}, baselines[exp.seeds[0]],
+                              declarations, {k: round(v, 2) for k, v in timings.items()}, **extra)
         name = doc["concept"] if doc["concept"] not in docs else f"{doc['concept']} ({target})"
         docs[name] = doc
     if len(docs) == 1:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 from .base import (
     REGISTRY,
     FineTuneMethod,
@@ -13,15 +11,6 @@ from .base import (
     method_names,
     register_method,
 )
-
-_MODULES = ("none", "gradient_ascent", "gradient_difference", "kl", "npo", "simnpo", "dpo", "rmu", "whp",
-            "prune", "control_vector", "memit", "guardrails", "retrain")
-
-
-def _load_all() -> None:
-    for m in _MODULES:
-        importlib.import_module(f"{__name__}.{m}")
-
 
 __all__ = ["REGISTRY", "FineTuneMethod", "Method", "MethodParams", "get_method", "method_names",
            "register_method"]

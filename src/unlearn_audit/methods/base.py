@@ -18,34 +18,27 @@ from ..data.encode import concat_batches, encode_qa, encode_texts
 from ..errors import UserInputError
 from ..metrics.likelihood import IGNORE, forward_logits, sequence_logprob
 from ..params import MAX_SEED, MAX_STEPS, validate_params
+from ..registry import Registry
 from ..subject.subject import Subject
 from ..training import TrainConfig, seed_everything, shuffled_minibatches, train
 
-REGISTRY: dict[str, type[Method]] = {}
-
 
 def register_method(name: str):
-    """Class decorator: make a method available by ``name``."""
+    """Class decorator: make a method available by ``name`` (a second class under one name is
+    an error)."""
     def wrap(cls):
         cls.name = name
-        REGISTRY[name] = cls
+        REGISTRY.register(name, cls)
         return cls
     return wrap
 
 
 def get_method(name: str) -> Method:
-    from . import _load_all
-
-    _load_all()
-    if name not in REGISTRY:
-        raise UserInputError(f"unknown method {name!r}; choose one of: {', '.join(sorted(REGISTRY))}")
-    return REGISTRY[name]()
+    return REGISTRY.lookup(name)()
 
 
 def method_names() -> list[str]:
-    from . import _load_all
-
-    _load_all()
+    REGISTRY.load()
     return sorted(REGISTRY)
 
 
@@ -218,3 +211,7 @@ def retain_kl(model, reference, batch: dict) -> torch.Tensor:
 def npo_loss(logprob: torch.Tensor, ref_logprob: torch.Tensor, beta: float) -> torch.Tensor:
     """NPO (Zhang et al. 2024): ``-(2/beta) * mean log sigmoid(-beta * (logp - logp_ref))``."""
     return -(2.0 / beta) * torch.nn.functional.logsigmoid(-beta * (logprob - ref_logprob)).mean()
+
+
+# every module of this package is imported on first lookup, then third-party entry points
+REGISTRY = Registry("method", Method, __package__, "unlearn_audit.methods")

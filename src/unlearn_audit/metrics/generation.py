@@ -22,6 +22,7 @@ import torch
 
 from ..data.encode import render_prompt
 from ..world import QA
+from .likelihood import eval_mode
 
 
 @torch.no_grad()
@@ -33,10 +34,8 @@ def greedy_continuations(subject, items: Sequence[QA], max_new_tokens: int = 12,
     prompts = [render_prompt(q, subject.prompt_template) for q in items]
     ids = tok(prompts)["input_ids"]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    was_training = model.training
-    model.eval()
     out: list[list[int]] = []
-    try:
+    with eval_mode(model):
         for i in range(0, len(ids), batch_size):
             rows = ids[i:i + batch_size]
             width = max(map(len, rows))
@@ -48,8 +47,6 @@ def greedy_continuations(subject, items: Sequence[QA], max_new_tokens: int = 12,
                 if tok.eos_token_id in row:
                     row = row[:row.index(tok.eos_token_id) + 1]
                 out.append(row)
-    finally:
-        model.train(was_training)
     return [list(r) for r in ids], out
 
 

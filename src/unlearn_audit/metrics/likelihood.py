@@ -7,6 +7,9 @@ O(scored tokens x vocab), not O(batch x length x vocab).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 
@@ -21,6 +24,19 @@ def forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None 
     the reference shape (BENCHMARKS.md).
     """
     return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+
+
+@contextmanager
+def eval_mode(model) -> Iterator[None]:
+    """Run ``model`` in eval mode (no dropout) and give it back in the mode it was in, whatever
+    happens inside: every scoring and hooked pass reads a model this way, and a training caller
+    must get its model back still training."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def forward_logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..data.encode import encode_texts, take, to_device
-from .likelihood import forward_logits
+from .likelihood import eval_mode, forward_logits
 
 SCORES = ("loss", "zlib", "min_k", "min_k_plus_plus")
 
@@ -52,9 +52,7 @@ def mia_scores(model, tokenizer, texts: Sequence[str], k: float = 0.2, max_lengt
     data, compressed = {k: v[order] for k, v in data.items()}, compressed[order]
     device = next(model.parameters()).device
     out: dict[str, list[torch.Tensor]] = {s: [] for s in SCORES}
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for i in range(0, len(texts), batch_size):
             batch = to_device(take(data, slice(i, i + batch_size)), device)
             logits = forward_logits(model, batch)[:, :-1].float()               # (B, T-1, V)
@@ -71,8 +69,6 @@ def mia_scores(model, tokenizer, texts: Sequence[str], k: float = 0.2, max_lengt
             out["zlib"].append(mean_logp.cpu() / compressed[i:i + batch_size])
             out["min_k"].append(lowest_mean(logp, mask, k).cpu())
             out["min_k_plus_plus"].append(lowest_mean(z, mask, k).cpu())
-    finally:
-        model.train(was_training)
     inverse = torch.argsort(order)
     return {s: torch.cat(v)[inverse].numpy() for s, v in out.items()}
 

@@ -16,7 +16,7 @@ import torch
 
 from ..data.encode import encode_qa
 from ..world import QA
-from .likelihood import IGNORE, forward_logits, token_logprobs
+from .likelihood import IGNORE, eval_mode, forward_logits, token_logprobs
 
 # Rows per forward pass. Rows are sorted by length first, so a smaller batch pads less; on the
 # reference shape 64 scores 19% faster than 128 on CPU (0.187 vs 0.231 s for 616 rows), on the
@@ -41,15 +41,13 @@ class QAScores:
 @torch.no_grad()
 def score_encoded(model, encoded: Mapping[str, torch.Tensor], batch_size: int = EVAL_BATCH) -> QAScores:
     """Teacher-forced correctness and NLL of every row of a pre-encoded QA set."""
-    was_training = model.training
-    model.eval()
     device = next(model.parameters()).device
     lengths = encoded["attention_mask"].sum(1)
     order = torch.argsort(lengths, descending=True)  # similar lengths share a batch
     n = len(order)
     correct = torch.zeros(n, dtype=torch.bool)
     nll = torch.zeros(n)
-    try:
+    with eval_mode(model):
         for i in range(0, n, batch_size):
             idx = order[i:i + batch_size]
             width = int(lengths[idx].max())
@@ -60,8 +58,6 @@ def score_encoded(model, encoded: Mapping[str, torch.Tensor], batch_size: int = 
             hit = (logits[:, :-1].argmax(-1) == target) | (target == IGNORE)
             correct[idx] = hit.all(1).cpu()
             nll[idx] = (-(logp.sum(1)) / mask.sum(1).clamp(min=1)).float().cpu()
-    finally:
-        model.train(was_training)
     return QAScores(correct, nll)
 
 

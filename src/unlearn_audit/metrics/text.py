@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from ..data.encode import encode_texts
-from .likelihood import forward_logits, token_logprobs
+from .likelihood import eval_mode, forward_logits, token_logprobs
 
 
 @torch.no_grad()
@@ -18,15 +18,11 @@ def perplexity(subject, texts: Sequence[str], batch_size: int = 64, max_length: 
         return float("nan")
     encoded = encode_texts(subject.tokenizer, texts, max_length)
     model = subject.model
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    try:
+    with eval_mode(model):
         for i in range(0, len(texts), batch_size):
             batch = {k: v[i:i + batch_size].to(subject.device) for k, v in encoded.items()}
             logp, mask = token_logprobs(forward_logits(model, batch), batch["labels"])
             total -= float(logp.sum())
             count += int(mask.sum())
-    finally:
-        model.train(was_training)
     return math.exp(total / max(count, 1))

@@ -22,7 +22,7 @@ from ..errors import UserInputError
 from ..experiment.store import load_results, target_docs
 from ..files import is_ours, read_json, read_text, write_text_atomic
 from .figures import krs_heatmap_plot, reemergence_plot, relearn_plot, save, tradeoff_plot
-from .tables import best_cells, summary_rows
+from .tables import best_cells, higher_columns, summary_rows
 from .tables import fmt as cell
 
 CSS = """
@@ -84,7 +84,7 @@ def target_section(doc: dict, figures: Path, stem: str) -> str:
     parts = [f"<h2>Concept: {e(doc.get('concept'))}</h2>",
              f'<p class="meta">subject {e(doc.get("subject"))}, {e(oracle)}; '
              f"{len(doc.get('methods', {}))} unlearned models, attacks: {e(', '.join(attacks) or 'none')}</p>",
-             table(cols, rows, best_cells(cols, rows), references),
+             table(cols, rows, best_cells(cols, rows, higher_columns(doc, attacks)), references),
              '<p class="note">Accuracies are QA accuracy on each set. Per attack: residual knowledge '
              "(0 = as good as the oracle, 1 = nothing removed), or recovery where there is no oracle; "
              "patching shows the best KRS. Highlighted: the best unlearned model per column "

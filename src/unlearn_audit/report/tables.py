@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 HEADLINE = ("forget_acc", "forget_heldout_acc", "retain_acc", "unrelated_acc")
 
 
@@ -21,31 +23,43 @@ def fmt(x) -> str:
     return str(x)
 
 
-# attacks whose table column is not residual/recovery: attack -> (result key, column label)
-HEADLINES = {"patching": ("recovery", "KRS"), "weight_distance": ("relative_change", "rel. Δw")}
-# attacks measuring *speed*: their column is the mean of the residual (recovery) curve over the
-# run, since at the last step relearning on the forget texts brings every model to the same place
-BY_AREA = ("forget_data",)
+def _attack_columns(results: dict, attacks: list[str]):
+    """Per attack: its declaration, the result key its column shows (the headline, or the
+    fallback when no model has a residual) and the column's label."""
+    from ..results.schema import declaration
+
+    has_oracle = bool(results.get("oracle"))
+    methods = results["methods"].values()
+    declared = {a: declaration(results, a) for a in attacks}
+
+    def key(attack):
+        d = declared[attack]
+        if d.fallback is None:
+            return d.headline
+        if has_oracle and any(m["attacks"].get(attack, {}).get("residual") is not None for m in methods):
+            return d.headline
+        return d.fallback
+
+    keys = {a: key(a) for a in attacks}
+    labels = {a: f"{a} {declared[a].label or keys[a].replace('_auc', ' AUC')}" for a in attacks}
+    return declared, keys, labels
+
+
+def higher_columns(results: dict, attacks: list[str]) -> set[str]:
+    """The attack columns of :func:`summary_rows` whose attack declares higher as better."""
+    declared, _, labels = _attack_columns(results, attacks)
+    return {labels[a] for a in attacks if declared[a].better == "higher"}
 
 
 def summary_rows(results: dict, attacks: list[str]) -> tuple[list[str], list[list]]:
-    """The demo table: accuracies, then one column per attack: its residual knowledge (its
-    recovery when there is no oracle or the attack has no residual; their mean over the
-    relearning run for the attacks in :data:`BY_AREA`), or the attack's own headline number
-    (:data:`HEADLINES`: patching's best KRS, weight_distance's relative change)."""
+    """The demo table: accuracies, then one column per attack: the headline its declaration
+    names (:class:`unlearn_audit.results.schema.AttackDeclaration`): its residual knowledge, or
+    its recovery when there is no oracle, or the attack's own number (patching's best KRS,
+    weight_distance's relative change)."""
     has_oracle = bool(results.get("oracle"))
-    methods = results["methods"].values()
-
-    def key(attack):
-        if attack in HEADLINES:
-            return HEADLINES[attack][0]
-        if has_oracle and any(m["attacks"].get(attack, {}).get("residual") is not None for m in methods):
-            return "residual_auc" if attack in BY_AREA else "residual"
-        return "recovery_auc" if attack in BY_AREA else "recovery"
-
-    keys = {a: key(a) for a in attacks}
+    declared, keys, labels = _attack_columns(results, attacks)
     cols = ["model", "forget", "held-out", "forget compl.", "retain", "unrelated"]
-    cols += [f"{a} {HEADLINES[a][1] if a in HEADLINES else keys[a].replace('_auc', ' AUC')}" for a in attacks]
+    cols += [labels[a] for a in attacks]
     margin = "rtt" in attacks and "unrelated" in attacks
     if margin:
         cols.append(f"rtt − unrelated {keys['rtt']}")
@@ -57,7 +71,8 @@ def summary_rows(results: dict, attacks: list[str]) -> tuple[list[str], list[lis
     rows = [["original", *accs(results["original"])] + [None] * (len(cols) - 6)]
     if has_oracle:
         baselines = results.get("baselines", {})
-        own = [baselines.get(a, {}).get("oracle", {}).get(keys[a]) if a in HEADLINES else None for a in attacks]
+        own = [baselines.get(a, {}).get("oracle", {}).get(keys[a]) if declared[a].fallback is None else None
+               for a in attacks]
         rows.append(["oracle", *accs(results["oracle"]), *own] + [None] * (len(cols) - 6 - len(attacks)))
     for name, m in results["methods"].items():
         row = [name, *accs(m), *[m["attacks"].get(a, {}).get(keys[a]) for a in attacks]]
@@ -74,9 +89,10 @@ def higher_is_better(column: str) -> bool:
     return column in ("retain", "unrelated")
 
 
-def best_cells(columns: list[str], rows: list[list]) -> set[tuple[int, int]]:
+def best_cells(columns: list[str], rows: list[list], higher: Collection[str] = ()) -> set[tuple[int, int]]:
     """``(row, column)`` of the best value per numeric column among the unlearned models (not
-    original, oracle, or the ``none`` baseline; ties all count)."""
+    original, oracle, or the ``none`` baseline; ties all count); ``higher``: more columns where
+    higher is better (:func:`higher_columns`)."""
     def competes(name: str) -> bool:
         return name not in ("original", "oracle", "none") and not name.startswith("none[")
 
@@ -85,14 +101,17 @@ def best_cells(columns: list[str], rows: list[list]) -> set[tuple[int, int]]:
         values = [(i, r[j]) for i, r in enumerate(rows) if competes(str(r[0])) and isinstance(r[j], int | float)]
         if len(values) < 2:
             continue
-        pick = max if higher_is_better(col) else min
+        pick = max if higher_is_better(col) or col in higher else min
         target = pick(v for _, v in values)
         best |= {(i, j) for i, v in values if abs(v - target) <= 1e-12}
     return best
 
 
 def headline(doc: dict) -> dict[tuple[str, str], float | None]:
-    """``{(model, metric): value}``: accuracies of every model, recovery and residual per attack."""
+    """``{(model, metric): value}``: accuracies of every model, recovery, residual and the
+    declared headline per attack."""
+    from ..results.schema import declaration
+
     out: dict[tuple[str, str], float | None] = {}
     for model in ("original", "oracle"):
         if doc.get(model):
@@ -100,7 +119,9 @@ def headline(doc: dict) -> dict[tuple[str, str], float | None]:
     for name, m in doc.get("methods", {}).items():
         out.update({(name, k): m.get(k) for k in HEADLINE})
         for attack, r in m.get("attacks", {}).items():
-            out.update({(name, f"{attack} {k}"): r.get(k) for k in ("recovery", "residual")})
+            own = declaration(doc, attack).headline  # the attack's declared headline, when it is another key
+            keys = ("recovery", "residual") + ((own,) if own not in ("recovery", "residual") else ())
+            out.update({(name, f"{attack} {k}"): r.get(k) for k in keys})
     return out
 
 

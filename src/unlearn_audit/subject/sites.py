@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import UserInputError
-from ..metrics.likelihood import forward
+from ..metrics.likelihood import eval_mode, forward
 
 ACTIVATION_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_coefficients")
 WEIGHT_KINDS = ("mlp_value_vectors",)
@@ -363,9 +363,7 @@ def token_means(model, data: Mapping[str, torch.Tensor], sites, transform: Calla
         return fn
 
     count = 0
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with hooks(model, {s: accumulate(s) for s in sites}):
             for i in range(0, data["input_ids"].shape[0], batch_size):
                 batch = to_device(take({k: data[k] for k in ("input_ids", "attention_mask")},
@@ -373,6 +371,4 @@ def token_means(model, data: Mapping[str, torch.Tensor], sites, transform: Calla
                 state["mask"] = batch["attention_mask"]
                 forward(model, batch["input_ids"], batch["attention_mask"])
                 count += int(batch["attention_mask"].sum())
-    finally:
-        model.train(was_training)
     return {s: (t / max(count, 1)).float() for s, t in totals.items()}

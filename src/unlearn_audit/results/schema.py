@@ -1,0 +1,104 @@
+"""The declared shape of a results document (``docs/results.md`` explains every key).
+
+One target's document (what :func:`unlearn_audit.audit` returns, and what ``results.json``
+holds per target) is a :class:`TargetResult`: the behavioural evaluation of the original, the
+oracle and every unlearned model, and per model and attack an :class:`AttackResult`. Every
+model lists at least the four accuracies of ``docs/results.md``; attacks add their own keys freely (``extra`` is
+allowed), but ``recovery`` and ``residual`` are always there (a number or null).
+
+Each attack also *declares* how it is read (:class:`AttackDeclaration`): which result key is
+its headline, its column label, and which direction is better. The declarations of a run's
+attacks are written into the document (``declarations``), so the report, the tables and
+``compare`` read them from the results alone (no torch, no registry) and a new attack needs no
+edit there.
+
+Pure pydantic: importing this module imports no torch.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+Axis = Literal["step", "layer", "k", "alpha", "bits"]
+
+
+class AttackDeclaration(BaseModel):
+    """How an attack's result is read.
+
+    ``headline`` is the key of the number that sums the attack up; when it is oracle-dependent
+    (``residual``...) and no model has a residual (no oracle), ``fallback`` is read instead;
+    ``fallback=None`` means the headline is always read (and the oracle's own value is shown
+    in its row, from the attack's baselines). ``label`` names the table column (default: the
+    headline key). ``better``: which direction of the headline means better unlearning.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    headline: str = "residual"
+    fallback: str | None = "recovery"
+    label: str | None = None
+    better: Literal["lower", "higher"] = "lower"
+
+
+class Evaluation(BaseModel):
+    """The behavioural evaluation of one model (fractions in [0, 1])."""
+
+    model_config = ConfigDict(extra="allow")
+    forget_acc: float | None
+    forget_heldout_acc: float | None
+    retain_acc: float | None
+    unrelated_acc: float | None
+
+
+class AttackResult(BaseModel):
+    """One attack on one unlearned model; ``*_ci`` are bootstrap 95% intervals ``[lo, hi]``."""
+
+    model_config = ConfigDict(extra="allow")
+    recovery: float | None
+    residual: float | None
+    recovery_ci: tuple[float, float] | None = None
+    residual_ci: tuple[float, float] | None = None
+
+
+class MethodResult(Evaluation):
+    attacks: dict[str, AttackResult] = {}
+
+
+class TargetResult(BaseModel):
+    """One target's results document."""
+
+    model_config = ConfigDict(extra="allow")
+    subject: str
+    concept: str
+    original: Evaluation
+    oracle: Evaluation | None
+    methods: dict[str, MethodResult]
+    baselines: dict[str, dict] = {}
+    declarations: dict[str, AttackDeclaration] = {}
+    timings_s: dict[str, float] = {}
+
+
+def target_document(shared: dict, methods: dict, baselines: dict, declarations: dict[str, AttackDeclaration],
+                    timings_s: dict[str, float], **extra) -> dict:
+    """The one assembler of a target's document, used by the API and the experiment runner:
+    ``shared`` is the target's shared work (subject, concept, original and oracle evaluation),
+    ``methods`` each unlearned model's evaluation with its ``attacks``; checked on the way out."""
+    doc = {"subject": shared["subject"], "concept": shared["concept"], "original": shared["original"],
+           "oracle": shared["oracle"], "methods": methods, "baselines": baselines, "timings_s": timings_s,
+           **extra, "declarations": {a: d.model_dump() for a, d in declarations.items()}}
+    return validate_target(doc)
+
+
+def validate_target(doc: dict) -> dict:
+    """``doc`` itself, after checking it against :class:`TargetResult` (a mistake in an attack or
+    the assembler fails here, before anything is written)."""
+    TargetResult.model_validate(doc)
+    return doc
+
+
+def declaration(doc: dict, attack: str) -> AttackDeclaration:
+    """The declaration of ``attack`` in a results document (the default one for documents
+    written before attacks declared themselves)."""
+    found = doc.get("declarations", {}).get(attack)
+    return AttackDeclaration.model_validate(found) if found else AttackDeclaration()
