@@ -103,9 +103,10 @@ def privleak(auc_unlearned: float, auc_retrained: float) -> float | None:
     MUSE's ``eval.py`` computes it on the AUC of ``metrics/privleak.py``, whose ROC treats the
     holdout as the positive class, i.e. ``AUC' = 1 - AUC`` in our orientation (open-unlearning's
     ``privleak`` flips its AUC the same way). Equivalently ``(AUC_retrained - AUC_unlearned) /
-    (1 - AUC_retrained) * 100``: positive when the unlearned model still separates members
-    (under-unlearning), negative when it separates them the other way (over-unlearning).
-    None when ``AUC_retrained`` is 1 (no denominator).
+    (1 - AUC_retrained) * 100``: negative when the unlearned model still tells members apart
+    (under-unlearning; a model that memorised them: near -100), positive when it scores them
+    *below* never-seen texts (over-unlearning), 0 at the retrained model. None when
+    ``AUC_retrained`` is 1 (no denominator).
     """
     ref = 1.0 - auc_retrained
     if ref == 0:
