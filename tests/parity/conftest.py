@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 from parity_helpers import tiny_llama
 
+
 @pytest.fixture(scope="module")
 def models():
     """(model, reference): two random tiny Llamas, the second playing the frozen original."""

@@ -16,7 +16,13 @@ import pytest
 import torch
 from parity_helpers import PAD, VOCAB
 
-from unlearn_audit.audits.patching import PatchingParams, answer_mask, encode_teacher_forced, krs, per_row_mse
+from unlearn_audit.audits.patching import (
+    PatchingParams,
+    answer_mask,
+    encode_teacher_forced,
+    krs,
+    per_row_mse,
+)
 from unlearn_audit.methods.memit import MEMITParams, delta_penalty
 
 

@@ -19,11 +19,10 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from parity_helpers import VOCAB
 
 from unlearn_audit.audits.mia import MIAParams
 from unlearn_audit.metrics.mia import auc, mia_scores, privleak
-
-from parity_helpers import VOCAB
 
 TEXTS = ["the cat sat on the mat today", "a quick brown fox", "lorem ipsum dolor sit amet, consectetur",
          "zebra", "hello world, hello again and again", "ab"]
