@@ -33,9 +33,7 @@ GRIDS = {
                "forget_on": ["qa", "both"]},
     "simnpo": {"beta": [2.5], "lr": [1e-4, 3e-4], "steps": [30, 60, 120], "retain_weight": [1.0, 5.0],
                "forget_on": ["qa", "both"]},
-    # retain weights up to 100: with open-unlearning's 2/beta factor (issue 15) the preference term
-    # weighs 2/beta = 20x more at beta 0.1, so the old retain_weight 5 corresponds to 100
-    "dpo": {"beta": [0.1, 1.0], "lr": [3e-4, 1e-3], "steps": [60, 120], "retain_weight": [1.0, 5.0, 20.0, 100.0]},
+    "dpo": {"beta": [0.1, 1.0], "lr": [1e-4, 3e-4, 1e-3], "steps": [30, 60, 120], "retain_weight": [1.0, 5.0]},
     "whp": {"lr": [1e-4, 3e-4, 1e-3], "steps": [30, 60]},
     "rmu": {"alpha": [10.0, 100.0, 1200.0], "coeff_scale": [1.0, 4.0], "lr": [1e-3, 3e-3], "steps": [60]},
     "prune_neurons": {"frac": [0.02, 0.05, 0.1, 0.2, 0.3, 0.4], "scope": ["global", "layer"], "rounds": [1, 3]},
