@@ -86,7 +86,7 @@ def test_retain_kl_is_zero_against_itself_and_matches_by_hand(micro, micro_targe
     with torch.no_grad():
         assert float(retain_kl(model, model, batch)) == pytest.approx(0.0, abs=1e-6)
         other = micro[1].model
-        got = float(retain_kl(model, other, batch))
+        got = float(retain_kl(model, other, batch, "answer"))
         mask = batch["labels"][:, 1:] != -100
         p_ref = torch.log_softmax(other(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][mask], -1)
         p = torch.log_softmax(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1][mask], -1)

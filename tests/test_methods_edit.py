@@ -101,7 +101,7 @@ def test_rmu_loss_by_hand():
 
 def test_rmu_updates_only_the_down_projections_below_its_layer(micro, micro_target):
     full = micro[0]
-    u = unlearn(full, micro_target, "rmu", steps=10, alpha=10.0, lr=1e-2, coeff_scale=4.0)
+    u = unlearn(full, micro_target, "rmu", steps=10, alpha=10.0, lr=1e-2, coeff_scale=4.0, average_over="real")
     layer = u.info["method"]["layer"]
     assert layer == 1
     changed = {n for (n, a), b in zip(u.model.named_parameters(), full.model.parameters(), strict=True)

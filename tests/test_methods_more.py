@@ -15,9 +15,12 @@ from unlearn_audit.subject import load_subject
 
 def test_dpo_and_simnpo_losses_by_hand():
     # DPO: -log sigmoid(beta * (w - l)), w = 0.5, l = -1.0, beta = 0.4 -> -log sigmoid(0.6)
-    got = dpo_loss(torch.tensor([0.5]), torch.tensor([-1.0]), 0.4)
+    got = dpo_loss(torch.tensor([0.5]), torch.tensor([-1.0]), 0.4, scale="1")
     assert float(got) == pytest.approx(math.log1p(math.exp(-0.6)))
-    # SimNPO: -(2/beta) log sigmoid(-beta * m - gamma), m = -2, beta = 1, gamma = 0.5 -> 2 log(1 + e^-1.5)
+    # default (open-unlearning): the same times 2/beta = 5
+    got = dpo_loss(torch.tensor([0.5]), torch.tensor([-1.0]), 0.4)
+    assert float(got) == pytest.approx(5 * math.log1p(math.exp(-0.6)))
+    # SimNPO: -(2/beta) log sigmoid(-beta * (m + delta)), m = -2, beta = 1, delta = 0.5 -> 2 log(1 + e^-1.5)
     got = simnpo_loss(torch.tensor([-2.0]), 1.0, 0.5)
     assert float(got) == pytest.approx(2 * math.log1p(math.exp(-1.5)))
 

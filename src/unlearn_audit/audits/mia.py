@@ -3,7 +3,7 @@
 MUSE (Shi et al. 2024, "MUSE: Machine Unlearning Six-Way Evaluation for Language Models") and
 open-unlearning score every text of the forget set and of a *holdout* set from the same
 distribution that no model was trained on, and report the AUC with which a score separates the
-two (scores and AUC: :mod:`unlearn_audit.metrics.mia`: LOSS, zlib ratio, Min-K% with k = 20%,
+two (scores and AUC: :mod:`unlearn_audit.metrics.mia`: LOSS, zlib ratio, Min-K% with k = 40%,
 Min-K%++). The original separates them (it memorised the forget set); a model that never saw
 the forget set — the oracle — sits where the holdout's distribution puts it (near 0.5, but on
 the organism not exactly: the tokenizer was fitted on the forget texts too); a method that
@@ -17,13 +17,15 @@ templates and vocabularies (:func:`unlearn_audit.world.holdout_entities`); for a
 directory, ``holdout.jsonl``.
 
 This audit only reads the models. With AUC the headline score's AUC (``score``, default
-``min_k``, as in MUSE) and 0.5 the AUC of a model with no membership signal in place of
+``min_k`` with k 0.4, MUSE's ``Min-40%``) and 0.5 the AUC of a model with no membership signal in place of
 "unlearned" in the recovery of
 :mod:`unlearn_audit.metrics.recovery`:
 
     recovery = (AUC_unlearned - 0.5) / (AUC_original - 0.5)
     residual = (AUC_unlearned - AUC_oracle) / (AUC_original - AUC_oracle)
-    privleak = (AUC_unlearned - AUC_oracle) / AUC_oracle                     (MUSE)
+    privleak = ((1 - AUC_unlearned) - (1 - AUC_oracle)) / (1 - AUC_oracle) * 100   (MUSE, percent)
+
+(MUSE's AUC is ``1 - AUC`` in our member-higher orientation: :func:`~unlearn_audit.metrics.mia.privleak`.)
 
 per score, under ``scores``; the headline score's values are ``recovery`` and ``residual``.
 """
@@ -33,7 +35,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from ..errors import UserInputError
-from ..metrics.mia import SCORES, auc, mia_scores
+from ..metrics.mia import SCORES, auc, mia_scores, privleak
 from ..metrics.recovery import recovery, residual
 from .base import Attack, AuditParams, register_attack
 
@@ -41,7 +43,8 @@ from .base import Attack, AuditParams, register_attack
 class MIAParams(AuditParams):
     score: str = Field("min_k", pattern="^(loss|zlib|min_k|min_k_plus_plus)$",
                        description="Score whose AUC is the headline: loss, zlib, min_k or min_k_plus_plus.")
-    k: float = Field(0.2, gt=0, le=1, description="Fraction of lowest-scoring tokens for Min-K% and Min-K%++.")
+    k: float = Field(0.4, gt=0, le=1, description="Fraction of lowest-scoring tokens for Min-K% and Min-K%++ "
+                     "(0.4: MUSE's and open-unlearning's default).")
     max_length: int = Field(256, ge=2, description="Tokens per text (longer texts are truncated).")
     batch_size: int = Field(32, ge=1)
 
@@ -85,7 +88,7 @@ class MembershipInference(Attack):
                 "auc": a[s],
                 "recovery": recovery(a[s], 0.5, original[s]),
                 "residual": residual(a[s], orc, original[s], orc) if orc is not None else None,
-                "privleak": (a[s] - orc) / orc if orc else None}
+                "privleak": privleak(a[s], orc) if orc is not None else None}
         head = per_score[params.score]
         return {"recovery": head["recovery"], "residual": head["residual"], "auc": head["auc"],
                 "privleak": head["privleak"], "scores": per_score}

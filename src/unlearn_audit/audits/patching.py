@@ -6,9 +6,13 @@ the vanilla behaviour comes back, with the Knowledge Recovery Score
 
     KRS = 1 - MSE(logits_vanilla, logits_restored) / MSE(logits_vanilla, logits_unlearned)
 
-over the next-token logits at the answer positions (mean over positions and vocabulary), where
-the input is the question followed by the *vanilla* model's greedy answer (``max_new_tokens``,
-default 30), teacher-forced. KRS is computed per question and averaged over the questions that
+over the logits at the last ``n`` positions of the sequence (mean over positions and
+vocabulary), where the input is the question followed by the *vanilla* model's greedy answer of
+``n`` tokens (``max_new_tokens``, default 30), teacher-forced. Those are the positions of the
+answer tokens themselves, ``logits[i, -length:]`` in the authors' notebook
+(yihuaihong/Dissecting-FT-Unlearning, ``Restoration_experiments_llama-30tokens.ipynb``): they
+predict the answer's 2nd..n-th token and the token after it. ``positions=answer`` takes the
+positions one earlier instead, the ones whose next-token logits predict the n answer tokens. KRS is computed per question and averaged over the questions that
 unlearning changed (MSE_unlearned > 1e-12). 1: restoring this component brings the vanilla
 logits back; 0: it brings nothing back.
 
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -68,6 +73,9 @@ class PatchingParams(AuditParams):
     batch_size: int = Field(32, ge=1, description="Questions per chunk (patched rows per forward: this x windows).")
     content_control: bool = Field(True, description="Also patch coefficients from another entity's question.")
     max_rows: int = Field(256, ge=1, description="Most sequences per patched forward pass (questions x windows).")
+    positions: Literal["notebook", "answer"] = Field(
+        "notebook", description="Logits compared: at the answer tokens, logits[-n:] (notebook: Hong et al.'s code) "
+                                "or at the positions predicting them (answer).")
 
 
 def default_window(n_layers: int) -> int:
@@ -98,10 +106,13 @@ def encode_teacher_forced(prompts: Sequence[list[int]], answers: Sequence[list[i
     return {"input_ids": ids, "attention_mask": mask, "start": start, "length": length}
 
 
-def answer_mask(batch: dict) -> torch.Tensor:
-    """(B, T) bool: positions whose next-token logits predict an answer token."""
+def answer_mask(batch: dict, positions: str = "notebook") -> torch.Tensor:
+    """(B, T) bool: the positions whose logits KRS compares. ``notebook``: the answer tokens'
+    own positions (the row's last ``length``, as ``logits[i, -length:]`` of Hong et al.'s
+    left-padded batches); ``answer``: the positions whose next-token logits predict them."""
     t = torch.arange(batch["input_ids"].shape[1])
-    return (t >= batch["start"][:, None]) & (t < (batch["start"] + batch["length"])[:, None])
+    first = batch["start"] + (1 if positions == "notebook" else 0)
+    return (t >= first[:, None]) & (t < (first + batch["length"])[:, None])
 
 
 def per_row_mse(logits: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -198,7 +209,7 @@ def krs_profile(original, unlearned, items: Sequence[QA], params: PatchingParams
         for c in range(0, len(items), params.batch_size):
             sl = slice(c, c + params.batch_size)
             batch = encode_teacher_forced(prompts[sl], answers[sl], pad)
-            mask = answer_mask(batch).to(device)
+            mask = answer_mask(batch, params.positions).to(device)
             dev = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
             held = {}
             cached = record(model_v, sites, lambda dev=dev, held=held: held.setdefault("logits", forward_logits(model_v, dev)))
@@ -264,7 +275,7 @@ def krs_profile_loop(original, unlearned, items: Sequence[QA], params: PatchingP
             if not a:
                 continue
             b = encode_teacher_forced([p], [a], pad)
-            mask = answer_mask(b)
+            mask = answer_mask(b, params.positions)
             for name in INTERVENTIONS:
                 sites = [Site(k, layer) for k in kinds[name] for layer in win]
                 held = {}

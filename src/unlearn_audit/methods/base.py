@@ -197,8 +197,23 @@ def nll(model, batch: dict) -> torch.Tensor:
     return mean_token_nll(model, batch)
 
 
-def retain_kl(model, reference, batch: dict) -> torch.Tensor:
-    """Mean over labelled retain tokens of KL(p_ref || p_theta) of the next-token distributions."""
+def retain_kl(model, reference, batch: dict, positions: str = "all") -> torch.Tensor:
+    """Retain KL term ``KL(p_ref || p_theta)`` of the next-token distributions.
+
+    ``positions="all"`` (default; TOFU ``dataloader.py`` KL, open-unlearning
+    ``compute_kl_divergence``): every position of the batch, pads and the last position included,
+    summed KL divided by ``B * T`` (``kl_div(..., reduction="batchmean")`` over the flattened
+    ``(B*T, V)`` distributions). ``positions="answer"``: the mean over the positions that predict a
+    labelled token only (what this project did before; independent of padding and of the
+    prompt's length).
+    """
+    if positions == "all":
+        logits = forward_logits(model, batch)
+        with torch.no_grad():
+            ref_logits = forward_logits(reference, batch).float()
+        logp = torch.log_softmax(logits.float(), -1).flatten(0, 1)                  # (B*T, V)
+        ref_logp = torch.log_softmax(ref_logits, -1).flatten(0, 1)
+        return torch.nn.functional.kl_div(logp, ref_logp, log_target=True, reduction="batchmean")
     logits = forward_logits(model, batch)[:, :-1]
     mask = batch["labels"][:, 1:] != IGNORE
     with torch.no_grad():

@@ -4,17 +4,24 @@ Optimization"; as an unlearning baseline: TOFU's IdkDPO, Maini et al. 2024).
 For each forget question x, the true answer y_l is dispreferred and a refusal y_w ("I don't
 know.") is preferred:
 
-    L = -mean log sigmoid(beta * [(log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))])
+    L = -(2/beta) * mean log sigmoid(beta * [(log pi(y_w|x) - log pi_ref(y_w|x)) - (log pi(y_l|x) - log pi_ref(y_l|x))])
         + lambda * NLL(retain)
 
 Sequence log-probs are summed over answer tokens; pi_ref (the original) log-probs are
-computed once before training. TOFU uses beta 0.1 with a retain NLL term (lambda 1). QA only:
-a text has no answer to replace.
+computed once before training. QA only: a text has no answer to replace.
+
+The ``2/beta`` factor is open-unlearning's (``trainer/utils.py`` ``compute_dpo_loss``, beta 0.1,
+retain NLL with weight 1 in ``configs/trainer/DPO.yaml``); it makes the forget term tend to
+the NPO-like ``-(log-ratio difference)`` as beta -> 0. ``scale="1"`` drops it: the loss of
+Rafailov et al. and of TOFU's ``dataloader.py`` ``dpo`` (which has no retain term: set
+``retain_weight=0``). With Adam the factor only changes the balance with the retain term: at
+beta 0.1, ``retain_weight`` w under ``2/beta`` weighs like w/20 under ``1``.
 """
 
 from __future__ import annotations
 
 import random
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -31,11 +38,14 @@ IDK_ANSWERS = ("I don't know.", "I have no idea.", "I can't answer that.", "I'm 
 
 class DPOParams(RetainParams):
     beta: float = Field(0.1, gt=0, description="Inverse temperature of the preference loss.")
-    # steps, lr, weight from the sweep on the default organism (BENCHMARKS.md); none forgets
-    # to <= 0.2 there without breaking unrelated QA
+    scale: Literal["2/beta", "1"] = Field(
+        "2/beta", description="Factor of the preference term: 2/beta (open-unlearning) or 1 (Rafailov et al., TOFU).")
+    # steps, lr from the sweep on the default organism (BENCHMARKS.md); none forgets to <= 0.2
+    # there without breaking unrelated QA. The sweep picked retain_weight 5 without the 2/beta
+    # factor; 100 = 5 x 2/beta keeps that balance under open-unlearning's scale (issue 15)
     steps: int = Field(120, ge=0, le=MAX_STEPS)
     lr: float = Field(1e-3, gt=0)
-    retain_weight: float = Field(5.0, ge=0)
+    retain_weight: float = Field(100.0, ge=0)
     preferred: list[str] = Field(list(IDK_ANSWERS), min_length=1,
                                  description="Preferred answers; each forget question gets one (seeded).")
 
@@ -53,9 +63,12 @@ def preference_data(subject, target, params) -> dict:
     return {**rejected, "chosen": chosen}
 
 
-def dpo_loss(chosen_logratio: torch.Tensor, rejected_logratio: torch.Tensor, beta: float) -> torch.Tensor:
-    """``-mean log sigmoid(beta * (chosen_logratio - rejected_logratio))``."""
-    return -torch.nn.functional.logsigmoid(beta * (chosen_logratio - rejected_logratio)).mean()
+def dpo_loss(chosen_logratio: torch.Tensor, rejected_logratio: torch.Tensor, beta: float,
+             scale: str = "2/beta") -> torch.Tensor:
+    """``-c * mean log sigmoid(beta * (chosen_logratio - rejected_logratio))``, ``c = 2/beta``
+    (``scale="2/beta"``, open-unlearning) or 1 (``scale="1"``, Rafailov et al., TOFU)."""
+    c = 2.0 / beta if scale == "2/beta" else 1.0
+    return -c * torch.nn.functional.logsigmoid(beta * (chosen_logratio - rejected_logratio)).mean()
 
 
 @register_method("dpo")
@@ -71,4 +84,4 @@ class DPO(FineTuneMethod):
         chosen = rejected["chosen"]
         win = sequence_logprob(model, chosen) - chosen["ref_logprob"]
         lose = sequence_logprob(model, rejected) - rejected["ref_logprob"]
-        return dpo_loss(win, lose, params.beta) + params.retain_weight * nll(model, batch["retain"])
+        return dpo_loss(win, lose, params.beta, params.scale) + params.retain_weight * nll(model, batch["retain"])

@@ -2,7 +2,11 @@
 Maini et al. 2024): ascend on forget while keeping the retain next-token distributions close
 to the original model's.
 
-    L = -NLL(forget) + lambda * mean_t KL(p_ref(. | x_<t) || p_theta(. | x_<t))   (retain tokens)
+    L = -NLL(forget) + lambda * (1 / (B T)) sum_{b, t} KL(p_ref(. | x_<=t) || p_theta(. | x_<=t))
+
+over every position t of the retain batch (B rows of T tokens, pads included), as TOFU's
+``dataloader.py`` and open-unlearning's ``compute_kl_divergence`` compute it;
+``kl_positions=answer`` averages over the labelled (answer) positions only instead.
 
 The reference is the frozen original model (the caller holds it anyway), evaluated without
 gradients on each retain batch: no second copy. Defaults from a sweep on the organism.
@@ -24,6 +28,9 @@ class KLParams(RetainParams):
     lr: float = Field(3e-4, gt=0)
     retain_weight: float = Field(5.0, ge=0)
     forget_on: Literal["qa", "text", "both"] = "both"
+    kl_positions: Literal["all", "answer"] = Field(
+        "all", description="Retain KL over every position of the batch (all: TOFU, open-unlearning) or over "
+                           "the labelled positions only (answer).")
 
 
 @register_method("kl")
@@ -32,4 +39,5 @@ class KLMinimisation(FineTuneMethod):
     uses_retain = True
 
     def loss(self, model, batch, reference, params):
-        return -nll(model, batch["forget"]) + params.retain_weight * retain_kl(model, reference, batch["retain"])
+        return -nll(model, batch["forget"]) + params.retain_weight * retain_kl(model, reference, batch["retain"],
+                                                                                 params.kl_positions)

@@ -13,7 +13,8 @@ For every forget QA pair (edit request i) MEMIT
    one, else the prompt's last token) and the residual stream leaving the band's last layer
    L there, h_i;
 2. optimises a vector delta_i added to h_i so that the objective holds (Adam, ``v_steps`` at
-   ``v_lr``, penalty ``v_weight_decay * |delta|^2 / |h|^2``, |delta| clamped to
+   ``v_lr``, penalty ``v_weight_decay * |delta| / |h|^2`` as in MEMIT's ``compute_z.py``
+   (``penalty=squared``: the scale-free ``|delta|^2 / |h|^2``), |delta| clamped to
    ``clamp_norm * |h|``): the target z_i = h_i + delta_i;
 3. spreads z - h over the band's layers l (ascending): with keys K (MLP coefficients at s_i,
    n x d_mlp, recomputed under the weights edited so far), residuals
@@ -35,7 +36,7 @@ of the layers).
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+from typing import Annotated, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -54,7 +55,9 @@ class MEMITParams(MethodParams):
     layers: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=1, description="Band of layers edited (default: 0.1-0.3 of the depth).")
     v_steps: int = Field(25, ge=1, le=MAX_STEPS, description="Optimisation steps for each target vector z.")
     v_lr: float = Field(0.5, gt=0, description="Adam learning rate for delta.")
-    v_weight_decay: float = Field(0.5, ge=0, description="Penalty on |delta|^2 / |h|^2.")
+    v_weight_decay: float = Field(0.5, ge=0, description="Weight of the penalty on delta.")
+    penalty: Literal["memit", "squared"] = Field(
+        "memit", description="Penalty on delta: |delta| / |h|^2 (memit: MEMIT compute_z.py) or |delta|^2 / |h|^2.")
     clamp_norm: float = Field(0.75, gt=0, description="Maximum |delta| / |h|.")
     # MEMIT's 15000 (GPT-J) edits nothing on the organism; 100 from the sweep (BENCHMARKS.md)
     mom2_weight: float = Field(100.0, ge=0, description="lambda: weight of the key covariance (the prior).")
@@ -98,6 +101,13 @@ def _objective_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> to
     return -((entropy * mask).sum(1) / mask.sum(1).clamp(min=1))
 
 
+def delta_penalty(delta: torch.Tensor, h_norm: torch.Tensor, kind: str = "memit") -> torch.Tensor:
+    """(n,) penalty per edit: ``|delta| / |h|^2`` (MEMIT ``compute_z.py``) or ``(|delta| / |h|)^2``
+    (``squared``); delta (n, d), h_norm (n,)."""
+    d = delta.norm(dim=-1)
+    return d / h_norm ** 2 if kind == "memit" else (d / h_norm) ** 2
+
+
 def target_vectors(model, batch: dict, positions: torch.Tensor, layer: int, kind: str,
                    params: MEMITParams) -> tuple[torch.Tensor, torch.Tensor]:
     """Optimise delta per row at ``positions`` of the stream leaving ``layer``. Returns
@@ -119,7 +129,7 @@ def target_vectors(model, batch: dict, positions: torch.Tensor, layer: int, kind
         with hooks(model, {site: add_delta}):
             logits = forward_logits(model, batch)
         loss = _objective_loss(kind, logits, batch["labels"]).mean()
-        loss = loss + params.v_weight_decay * ((delta.norm(dim=-1) / h_norm.squeeze(-1)) ** 2).mean()
+        loss = loss + params.v_weight_decay * delta_penalty(delta, h_norm.squeeze(-1), params.penalty).mean()
         delta.grad, = torch.autograd.grad(loss, [delta])  # the model's own .grad stays untouched
         opt.step()
         with torch.no_grad():  # clamp |delta| <= clamp_norm * |h|

@@ -11,7 +11,9 @@ every forget example are computed once before training.
 
 - ``npo``: L_NPO alone (paper: beta 0.1, lr 1e-5, TOFU).
 - ``npo_gd``: L_NPO + lambda * NLL(retain) (paper's NPO-RT).
-- ``npo_kl``: L_NPO + lambda * KL(p_ref || p_theta) on retain tokens.
+- ``npo_kl``: L_NPO + lambda * KL(p_ref || p_theta) on the retain batch, over every position
+  (``kl_positions=all``, open-unlearning's ``compute_kl_divergence``) or the labelled ones
+  (``answer``); see :func:`~unlearn_audit.methods.base.retain_kl`.
 
 Defaults from a sweep on the organism (see BENCHMARKS.md), not the paper's 7B settings.
 """
@@ -51,6 +53,12 @@ class NPORetainParams(RetainParams):
     forget_on: Literal["qa", "text", "both"] = "both"
 
 
+class NPOKLParams(NPORetainParams):
+    kl_positions: Literal["all", "answer"] = Field(
+        "all", description="Retain KL over every position of the batch (all: open-unlearning) or over the "
+                           "labelled positions only (answer).")
+
+
 def _npo_term(model, batch, params):
     forget = batch["forget"]
     return npo_loss(sequence_logprob(model, forget), forget["ref_logprob"], params.beta)
@@ -77,9 +85,10 @@ class NPOGradientDifference(FineTuneMethod):
 
 @register_method("npo_kl")
 class NPOKL(FineTuneMethod):
-    Params = NPORetainParams
+    Params = NPOKLParams
     needs_reference_logprobs = True
     uses_retain = True
 
     def loss(self, model, batch, reference, params):
-        return _npo_term(model, batch, params) + params.retain_weight * retain_kl(model, reference, batch["retain"])
+        return _npo_term(model, batch, params) + params.retain_weight * retain_kl(model, reference, batch["retain"],
+                                                                                      params.kl_positions)

@@ -6,7 +6,10 @@ retain activations are held at the frozen model's:
 
     L = mean_f || h_L(x_f) - c * u ||^2 / d  +  alpha * mean_r || h_L(x_r) - h_L^frozen(x_r) ||^2 / d
 
-(per-element MSE over the real tokens; h_L is the residual stream leaving layer L; u is a unit
+(per-element MSE over every position of the padded batch, pads included, as WMDP's
+``rmu/unlearn.py`` computes ``mse_loss`` on the whole activation tensor; ``average_over=real``
+averages over the real tokens only, as open-unlearning's ``rmu.py`` nearly does (it masks by
+labels and averages per row first). h_L is the residual stream leaving layer L; u is a unit
 vector drawn uniformly from [0, 1)^d and normalised, fixed for the run). Only the MLP down
 projections of layers L-2..L are updated. The frozen model is the subject itself, evaluated
 without gradients on each retain batch: no second copy.
@@ -20,6 +23,8 @@ the squared norm, so alpha keeps its meaning. Defaults below come from the organ
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -42,14 +47,19 @@ class RMUParams(FineTuneParams):
     steps: int = Field(60, ge=0, le=MAX_STEPS)
     lr: float = Field(3e-3, gt=0)
     forget_on: str = Field("text", pattern="^(qa|text|both)$")
+    average_over: Literal["all", "real"] = Field(
+        "all", description="MSE over every position, pads included (all: WMDP rmu/unlearn.py) or real tokens only.")
 
 
-def rmu_loss(h_forget, target, h_retain, h_frozen, mask_forget, mask_retain, alpha: float) -> torch.Tensor:
+def rmu_loss(h_forget, target, h_retain, h_frozen, mask_forget=None, mask_retain=None, alpha: float = 1.0) -> torch.Tensor:
     """Per-element MSE of forget activations to ``target`` (d,) plus ``alpha`` times per-element
-    MSE of retain activations to the frozen ones, each averaged over real tokens only.
+    MSE of retain activations to the frozen ones, each averaged over every element (masks None:
+    WMDP) or over the real tokens of the masks only.
 
     Shapes: h_forget (B, T, d), h_retain/h_frozen (B', T', d), masks (B, T) / (B', T') bool.
     """
+    if mask_forget is None:
+        return ((h_forget - target) ** 2).mean() + alpha * ((h_retain - h_frozen) ** 2).mean()
     forget = ((h_forget[mask_forget] - target) ** 2).mean()
     retain = ((h_retain[mask_retain] - h_frozen[mask_retain]) ** 2).mean()
     return forget + alpha * retain
@@ -102,6 +112,8 @@ class RMU(FineTuneMethod):
         h_r = _layer_output(model, layer, retain)
         with torch.no_grad():
             h_frozen = _layer_output(reference, layer, retain)
+        real = params.average_over == "real"
         return rmu_loss(h_f, target.to(h_f.device, h_f.dtype), h_r, h_frozen,
-                        forget["attention_mask"].bool(), retain["attention_mask"].bool(), params.alpha)
+                        forget["attention_mask"].bool() if real else None,
+                        retain["attention_mask"].bool() if real else None, params.alpha)
 

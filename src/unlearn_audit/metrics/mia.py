@@ -5,15 +5,19 @@ Every score is oriented so that *higher means more likely a training member*:
 - ``loss`` (Yeom et al. 2018): ``-mean_t log p(x_t | x_<t)``, negated;
 - ``zlib`` (Carlini et al. 2021): the mean NLL divided by the zlib-compressed length of the text
   in bytes (a text that is easy to compress is easy to predict anyway), negated;
-- ``min_k`` (Min-K% Prob, Shi et al. 2024): the mean of the lowest k% (default 20%) token
-  log-probabilities (at least one token);
+- ``min_k`` (Min-K% Prob, Shi et al. 2024): the mean of the lowest k% (default 40%, MUSE's and
+  open-unlearning's headline ``Min-40%``) token log-probabilities, ``max(1, floor(k n))`` of
+  them. Every predicted token of the text counts, the last one included, as in the Min-K%++
+  paper's code (open-unlearning's ``tokenwise_logprobs`` drops the last one; see the
+  conventions table in docs/metrics.md);
 - ``min_k_plus_plus`` (Min-K%++, Zhang et al. 2024): the same over the standardised
   log-probabilities ``(log p(x_t) - mu_t) / sigma_t``, with ``mu_t = E_{z~p(.|x_<t)} log p(z)``
   and ``sigma_t^2 = Var_{z~p(.|x_<t)} log p(z)``.
 
 AUC is the Mann-Whitney statistic ``P(s_member > s_nonmember) + P(equal) / 2``: 0.5 when the
-score cannot tell the two sets apart. MUSE (Shi et al. 2024) reports it for the forget set vs a
-never-seen holdout, and PrivLeak = ``(AUC_unlearned - AUC_retrained) / AUC_retrained``.
+score cannot tell the two sets apart, 1 when every member scores higher. MUSE (Shi et al. 2024)
+reports the *complementary* AUC (its ROC labels the forget texts 0 and the holdout 1), so
+:func:`privleak`, MUSE's number, is computed on ``1 - AUC``.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ def lowest_mean(values: torch.Tensor, mask: torch.Tensor, k: float) -> torch.Ten
 
 
 @torch.no_grad()
-def mia_scores(model, tokenizer, texts: Sequence[str], k: float = 0.2, max_length: int = 256,
+def mia_scores(model, tokenizer, texts: Sequence[str], k: float = 0.4, max_length: int = 256,
                batch_size: int = 32) -> dict[str, np.ndarray]:
     """Every score of :data:`SCORES` for each text: ``{score: (N,)}`` (0 for a text with a
     single token: nothing to predict)."""
@@ -85,3 +89,22 @@ def auc(members: np.ndarray, nonmembers: np.ndarray) -> float:
     average = ends - (counts - 1) / 2.0            # mean rank of a tied group
     ranks = average[inverse]
     return float((ranks[:n_pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def privleak(auc_unlearned: float, auc_retrained: float) -> float | None:
+    """MUSE's PrivLeak in percent, from our member-higher AUCs (Shi et al. 2024):
+
+        PrivLeak = (AUC'_unlearned - AUC'_retrained) / AUC'_retrained * 100,  AUC' = 1 - AUC
+
+    MUSE's ``eval.py`` computes it on the AUC of ``metrics/privleak.py``, whose ROC treats the
+    holdout as the positive class, i.e. ``AUC' = 1 - AUC`` in our orientation (open-unlearning's
+    ``privleak`` flips its AUC the same way). Equivalently ``(AUC_retrained - AUC_unlearned) /
+    (1 - AUC_retrained) * 100``: negative when the unlearned model still tells members apart
+    (under-unlearning; a model that memorised them: near -100), positive when it scores them
+    *below* never-seen texts (over-unlearning), 0 at the retrained model. None when
+    ``AUC_retrained`` is 1 (no denominator).
+    """
+    ref = 1.0 - auc_retrained
+    if ref == 0:
+        return None
+    return ((1.0 - auc_unlearned) - ref) / ref * 100.0
