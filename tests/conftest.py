@@ -121,3 +121,13 @@ def matrix_reference(micro, cache_dir, tmp_path_factory):
     run = run_experiment(exp, text, report=False)
     assert run.computed == SETTINGS and run.reused == []
     return root / "run", run
+
+
+@pytest.fixture(scope="module")
+def models():
+    """The parity suite's (model, reference): two random tiny Llamas (hidden 32, 2 layers), the
+    second playing the frozen original (tests/parity; a conftest there would shadow this one's
+    name for the ``from conftest import`` of other tests)."""
+    from parity_helpers import tiny_llama  # tests/parity is on sys.path when its tests run
+
+    return tiny_llama(0), tiny_llama(1)
