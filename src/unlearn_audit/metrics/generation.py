@@ -23,6 +23,7 @@ import torch
 from ..data.encode import render_prompt
 from ..world import QA
 from .likelihood import eval_mode
+from .rouge import lcs_length
 
 
 @torch.no_grad()
@@ -70,14 +71,7 @@ def rouge_l(hypothesis: str, reference: str) -> float:
     h, r = _tokens(hypothesis), _tokens(reference)
     if not h or not r:
         return float(h == r)
-    # LCS by dynamic programming over the (short) token lists
-    prev = [0] * (len(r) + 1)
-    for a in h:
-        cur = [0]
-        for j, b in enumerate(r):
-            cur.append(prev[j] + 1 if a == b else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
+    lcs = lcs_length(h, r)
     if lcs == 0:
         return 0.0
     p, rec = lcs / len(h), lcs / len(r)
