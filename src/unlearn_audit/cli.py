@@ -245,13 +245,12 @@ def audit_cmd(
     from .audits import audit_names, get_audit
     from .experiment.demo import parse_list
     from .experiment.rundir import write_run
+    from .files import prepare_output_dir
     from .report.tables import summary_rows
     from .subject import load_subject
 
     attacks = parse_list(name, (), audit_names(), "attack")
     overrides = parse_params(param)
-    from .files import prepare_output_dir
-
     for a in attacks:
         get_audit(a).params(overrides)  # validate before loading models
     prepare_output_dir(out, "run", create=False)  # refuse a user's directory before any work

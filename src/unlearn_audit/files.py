@@ -52,6 +52,16 @@ def describe_os_error(e: OSError) -> str:
             errno.ENOENT: "not found"}.get(e.errno, e.strerror or type(e).__name__)
 
 
+def is_text(s: str) -> bool:
+    """Whether ``s`` can be written as UTF-8 (a lone surrogate such as ``"\\ud800"``, which JSON
+    escapes and YAML accept, cannot)."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def read_text(path: str | os.PathLike, what: str = "file") -> str:
     """The text of a user's file, decoded as UTF-8.
 
@@ -106,10 +116,8 @@ def _check_path(path: Path, flag: str) -> None:
     s = str(path)
     if "\x00" in s:
         raise UserInputError(f"{flag} path contains a NUL byte; give a plain directory path")
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        raise UserInputError(f"{flag} path {s!r} is not valid text; give a plain directory path") from None
+    if not is_text(s):
+        raise UserInputError(f"{flag} path {s!r} is not valid text; give a plain directory path")
     if len(os.fsencode(str(path.absolute()))) >= 4096:
         raise UserInputError(f"{flag} path is longer than 4096 bytes; give a shorter path")
     limit = os.pathconf("/", "PC_NAME_MAX") if hasattr(os, "pathconf") else 255

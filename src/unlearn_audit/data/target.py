@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserInputError
-from ..files import read_json, read_text, write_text_atomic
+from ..files import is_text, read_json, read_text, write_text_atomic
 from ..world import QA, World, build_world, holdout_entities, world_config
 from ..world.render import bios as render_bios
 from ..world.render import completions, concept_texts, qa_pairs, sentences
@@ -210,7 +210,7 @@ def _read_jsonl(path: Path) -> tuple[list[str], list[QA]]:
             raise UserInputError(f"{path} line {i}: not valid JSON ({why}); "
                                  "each line must be one JSON object") from None
         fields = [row.get(k) for k in ("text", "question", "answer")] if isinstance(row, dict) else []
-        if any(isinstance(v, str) and not _is_text(v) for v in fields):
+        if any(isinstance(v, str) and not is_text(v) for v in fields):
             raise UserInputError(f"{path} line {i}: holds a lone surrogate (\\ud800-\\udfff), not text")
         if isinstance(row, dict) and isinstance(row.get("text"), str):
             texts.append(row["text"])
@@ -224,14 +224,6 @@ def _read_jsonl(path: Path) -> tuple[list[str], list[QA]]:
             raise UserInputError(f"{path} line {i}: expected {{\"text\": ...}} or "
                                  "{\"question\": ..., \"answer\": ...} with a non-empty answer")
     return texts, qas
-
-
-def _is_text(s: str) -> bool:
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _load_target_dir(path: Path, seed: int) -> Target:

@@ -180,11 +180,11 @@ def _check_text(value: Any, where: str) -> None:
         for i, v in enumerate(value):
             _check_text(v, f"{where}.{i}")
     elif isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
+        from ..files import is_text
+
+        if not is_text(value):
             raise UserInputError(f"{where or 'a key'}: {value[:40]!r} is not valid text (a lone surrogate); "
-                                 "write plain characters") from None
+                                 "write plain characters")
         if "\x00" in value:
             raise UserInputError(f"{where or 'a key'}: contains a NUL character")
 
