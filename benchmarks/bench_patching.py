@@ -27,7 +27,7 @@ def one(preset: str, variant: str, threads: int) -> dict:
     import torch
 
     from unlearn_audit.api import target_for, unlearn
-    from unlearn_audit.audits.patching import PatchingParams, krs_profile, krs_profile_loop
+    from unlearn_audit.attacks.patching import PatchingParams, krs_profile, krs_profile_loop
     from unlearn_audit.subject.organism import organism
 
     torch.set_num_threads(threads)

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from unlearn_audit.api import Evaluator, audit, unlearn
-from unlearn_audit.audits.concept_vectors import ablation, attribution_scores, compare, top_vectors
-from unlearn_audit.audits.in_context import InContextParams, curves, plan
-from unlearn_audit.audits.probe import last_token_states, probe_accuracy, probe_tasks
-from unlearn_audit.audits.quantize import quantize_dequantize, quantized
-from unlearn_audit.audits.weight_distance import barrier, distances, interpolation
+from unlearn_audit.attacks.concept_vectors import ablation, attribution_scores, compare, top_vectors
+from unlearn_audit.attacks.in_context import InContextParams, curves, plan
+from unlearn_audit.attacks.probe import last_token_states, probe_accuracy, probe_tasks
+from unlearn_audit.attacks.quantize import quantize_dequantize, quantized
+from unlearn_audit.attacks.weight_distance import barrier, distances, interpolation
 from unlearn_audit.experiment.demo import summary_rows
 from unlearn_audit.metrics import EvalSuite
 from unlearn_audit.metrics.linear import fit_probe

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from unlearn_audit.api import audit, unlearn
-from unlearn_audit.audits.reemergence import (
+from unlearn_audit.attacks.reemergence import (
     ConceptProbe,
     Tracker,
     by_layer,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from unlearn_audit.audits.base import Attack
+from unlearn_audit.attacks.base import Attack
 from unlearn_audit.report.tables import best_cells, compare_rows, higher_columns, summary_rows
 from unlearn_audit.results.schema import AttackDeclaration, target_document, validate_target
 
@@ -23,7 +23,7 @@ class Counting(Attack):
         self.measured.append((role, subject["name"]))
         return {"value": subject["value"]}
 
-    def score(self, unlearned, original, oracle, setup, params):
+    def score(self, unlearned, original, oracle, setup, params, name):
         return {"recovery": unlearned["value"] / original["value"],
                 "residual": None if oracle is None else unlearned["value"] - oracle["value"]}
 

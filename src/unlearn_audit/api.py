@@ -74,15 +74,15 @@ def _check_compatible(original: Subject, others: Mapping[str, Subject | None]) -
     vocab = original.tokenizer.get_vocab()
     for name, s in others.items():
         if s is not None and s.tokenizer.get_vocab() != vocab:
-            raise UserInputError(f"{name} uses a different tokenizer from the original; audits compare "
+            raise UserInputError(f"{name} uses a different tokenizer from the original; attacks compare "
                                  "models token by token, so give models that share one tokenizer")
 
 
 def attack_specs(attacks: Sequence[str], attack_params: Mapping[str, Mapping[str, Any]] | None = None):
-    """``[(spec, validated params)]`` for attack names and per-attack parameter overrides."""
-    from .audits import get_audit
+    """``[(attack, validated params)]`` for attack names and per-attack parameter overrides."""
+    from .attacks import get_attack
 
-    specs = [get_audit(a) for a in attacks]
+    specs = [get_attack(a) for a in attacks]
     return [(s, s.params((attack_params or {}).get(s.name))) for s in specs]
 
 
@@ -101,11 +101,10 @@ def references(original: Subject, target: Target, attacks: Sequence[str] = DEFAU
                            "original": evaluator(original),
                            "oracle": evaluator(oracle) if oracle is not None else None, "attacks": {}}
     timings["evaluate"] = time.perf_counter() - start
-    for spec, params in attack_specs(attacks, attack_params):
-        if spec.references is not None:
-            start = time.perf_counter()
-            out["attacks"][spec.name] = spec.references(original, oracle, target, params)
-            timings[f"{spec.name} references"] = time.perf_counter() - start
+    for attack, params in attack_specs(attacks, attack_params):
+        start = time.perf_counter()
+        out["attacks"][attack.name] = attack.references(original, oracle, target, params)
+        timings[f"{attack.name} references"] = time.perf_counter() - start
     out["timings_s"] = {k: round(v, 2) for k, v in timings.items()}
     return out
 
@@ -150,9 +149,7 @@ def audit(original: Subject, unlearned: Subject | Mapping[str, Subject], target:
         faults.point("attack")
         start = time.perf_counter()
         # shared work stored by an older version may lack an attack's references: then it computes them
-        refs = shared["attacks"].get(spec.name) if spec.references is not None else None
-        out = spec.run(original, dict(unlearned), oracle, target, params,
-                       **({"references": refs} if refs is not None else {}))
+        out = spec.run(original, dict(unlearned), oracle, target, params, shared["attacks"].get(spec.name))
         for name, r in out["methods"].items():
             methods[name]["attacks"][spec.name] = r
         baselines[spec.name] = out.get("baselines", {})

@@ -242,17 +242,17 @@ def audit_cmd(
 ) -> None:
     """Attack an unlearned model and measure recovery (and residual knowledge with --oracle)."""
     from .api import audit, target_for
-    from .audits import audit_names, get_audit
+    from .attacks import attack_names, get_attack
     from .experiment.demo import parse_list
     from .experiment.rundir import write_run
     from .files import prepare_output_dir
     from .report.tables import summary_rows
     from .subject import load_subject
 
-    attacks = parse_list(name, (), audit_names(), "attack")
+    attacks = parse_list(name, (), attack_names(), "attack")
     overrides = parse_params(param)
     for a in attacks:
-        get_audit(a).params(overrides)  # validate before loading models
+        get_attack(a).params(overrides)  # validate before loading models
     prepare_output_dir(out, "run", create=False)  # refuse a user's directory before any work
     kw = dict(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     orig = load_subject(original, **kw)
@@ -329,11 +329,11 @@ def methods_cmd(as_json: JsonOpt = False) -> None:
 
 @app.command("attacks")
 def attacks_cmd(as_json: JsonOpt = False) -> None:
-    """List attacks (audits) and their parameters with defaults."""
-    from .audits import audit_names, get_audit
+    """List attacks and their parameters with defaults."""
+    from .attacks import attack_names, get_attack
 
-    rows = [{"name": n, "summary": get_audit(n).summary,
-             "params": {k: f.default for k, f in get_audit(n).Params.model_fields.items()}} for n in audit_names()]
+    rows = [{"name": n, "summary": get_attack(n).summary,
+             "params": {k: f.default for k, f in get_attack(n).Params.model_fields.items()}} for n in attack_names()]
     if as_json:
         emit_json(rows)
         return
@@ -355,13 +355,13 @@ def demo_cmd(
 ) -> None:
     """Forget one concept of the organism with one method of each family (--methods all: all) and attack each."""
     from .api import DEFAULT_ATTACKS
-    from .audits import audit_names
+    from .attacks import attack_names
     from .experiment.demo import DEMO_METHODS, parse_list, run_demo
     from .methods import method_names
     from .report.tables import summary_rows
 
     method_list = parse_list(methods, DEMO_METHODS, method_names(), "method")
-    attack_list = parse_list(attacks, DEFAULT_ATTACKS, audit_names(), "attack")
+    attack_list = parse_list(attacks, DEFAULT_ATTACKS, attack_names(), "attack")
     if seeds < 1:
         from .errors import UserInputError
         raise UserInputError(f"--seeds must be >= 1, not {seeds}")

@@ -16,7 +16,7 @@ import pytest
 import torch
 from parity_helpers import PAD, VOCAB
 
-from unlearn_audit.audits.patching import (
+from unlearn_audit.attacks.patching import (
     PatchingParams,
     answer_mask,
     encode_teacher_forced,

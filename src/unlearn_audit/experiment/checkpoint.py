@@ -73,9 +73,9 @@ def cell_path(out: Path, cell: Cell) -> Path:
 
 
 def shared_key(exp: Experiment, target: str, seed: int) -> str:
-    from ..audits import get_audit
+    from ..attacks import get_attack
 
-    attacks = {a: get_audit(a).params(s).model_dump(exclude={"seed"}) for a, s in exp.attacks.items()}
+    attacks = {a: get_attack(a).params(s).model_dump(exclude={"seed"}) for a, s in exp.attacks.items()}
     return digest({"subject": exp.subject.model_dump(), "target": target, "seed": seed, "attacks": attacks,
                    "agreement": exp.agreement, "threads": threads_used(exp)})[:20]
 

@@ -249,7 +249,7 @@ def _describe(e: ValidationError, model: type[BaseModel]) -> str:
 
 
 def _check_names_and_params(exp: Experiment, where: str) -> None:
-    from ..audits import audit_names, get_audit
+    from ..attacks import attack_names, get_attack
     from ..data.benchmarks import is_benchmark_spec, parse_benchmark_spec
     from ..methods import method_names
 
@@ -274,9 +274,9 @@ def _check_names_and_params(exp: Experiment, where: str) -> None:
         for values in method_settings(name, settings):
             _validated_method_params(name, values, where)
     for name, settings in exp.attacks.items():
-        _check_entry(where, "attacks", "attack", name, settings, audit_names(), "settings")
+        _check_entry(where, "attacks", "attack", name, settings, attack_names(), "settings")
         try:
-            get_audit(name).params(settings)
+            get_attack(name).params(settings)
         except UserInputError as e:
             raise UserInputError(f"{where}: attacks.{name}: {e}") from None
 
@@ -376,12 +376,12 @@ def hashed_config(exp: Experiment) -> dict:
 
 def expand(exp: Experiment) -> list[Cell]:
     """Every cell of the matrix: targets x method settings x seeds, in that nesting order."""
-    from ..audits import get_audit
+    from ..attacks import get_attack
 
     several_seeds = len(exp.seeds) > 1
     if len(set(exp.seeds)) != len(exp.seeds):
         raise UserInputError(f"seeds: a seed is listed twice: {exp.seeds}")
-    attacks = {a: get_audit(a).params(s).model_dump(exclude={"seed"}) for a, s in exp.attacks.items()}
+    attacks = {a: get_attack(a).params(s).model_dump(exclude={"seed"}) for a, s in exp.attacks.items()}
     cells = []
     for target in exp.targets:
         for seed in exp.seeds:

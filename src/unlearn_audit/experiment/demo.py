@@ -41,10 +41,10 @@ def demo_experiment(preset: str = "default", seed: int = 0, methods: list[str] |
                     threads: int | None = None, seeds: int = 1) -> Experiment:
     """The demo as an experiment: the organism's first concept (the one its oracle never saw),
     each method at its defaults, each attack; ``seeds`` relearning runs per model."""
-    from ..audits import get_audit
+    from ..attacks import get_attack
 
     attacks = list(attacks or DEFAULT_ATTACKS)
-    settings = {a: ({"seeds": seeds} if seeds != 1 and "seeds" in get_audit(a).Params.model_fields else {})
+    settings = {a: ({"seeds": seeds} if seeds != 1 and "seeds" in get_attack(a).Params.model_fields else {})
                 for a in attacks}
     return Experiment(name=f"demo-{preset}-s{seed}", subject=SubjectConfig(organism=preset, seed=seed),
                       targets=["world:0"], methods={m: {} for m in (methods or DEMO_METHODS)},

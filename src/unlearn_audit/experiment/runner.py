@@ -259,10 +259,10 @@ def assemble(exp: Experiment, cells: list[Cell], done: dict[str, dict], shared: 
     (methods keyed by setting name; :func:`unlearn_audit.results.schema.target_document`; cells
     that failed listed under ``failed`` with their error); with several targets, ``targets``
     maps each concept to one."""
-    from ..audits import get_audit
+    from ..attacks import get_attack
 
     failed = failed or {}
-    declarations = {a: get_audit(a).declaration for a in exp.attacks}
+    declarations = {a: get_attack(a).declaration for a in exp.attacks}
     docs: dict[str, dict] = {}
     for target in exp.targets:
         first = shared[(target, exp.seeds[0])]

@@ -50,7 +50,7 @@ class MethodParams(BaseModel):
 
 
 class Method:
-    """Base class. ``kind`` tells audits what relearning touches:
+    """Base class. ``kind`` tells attacks what relearning touches:
 
     - ``finetune``/``transform``: the intervention is in the weights;
     - ``guardrail``: weights unchanged, inference wrapped (relearning trains under the wrapper).
@@ -65,6 +65,18 @@ class Method:
         return validate_params(self.Params, values, f"method {self.name!r}")
 
     def run(self, subject: Subject, target, params: MethodParams) -> Subject:
+        """The unlearned copy of ``subject`` (never changed itself): a copy named
+        ``<subject>+<method>``, changed by :meth:`apply`, with the method's provenance in
+        ``info["method"]`` (name, parameters and what ``apply`` returned). Methods implement
+        ``apply``, not this."""
+        unlearned = subject.copy(name=f"{subject.name}+{self.name}")
+        details = self.apply(unlearned, subject, target, params) or {}
+        unlearned.info = {**unlearned.info, "method": {"name": self.name, "params": params.model_dump(), **details}}
+        return unlearned
+
+    def apply(self, unlearned: Subject, original: Subject, target, params: MethodParams) -> dict | None:
+        """Unlearn ``target`` in ``unlearned`` (a copy of ``original``, changed in place: weights,
+        prompt template or interventions); return details worth recording (JSON values)."""
         raise NotImplementedError
 
 
@@ -159,10 +171,9 @@ class FineTuneMethod(Method):
                            subject.device, subject.tokenizer.pad_token_id)
 
     # -- run ---------------------------------------------------------------------------
-    def run(self, subject: Subject, target, params) -> Subject:
+    def apply(self, unlearned: Subject, subject: Subject, target, params) -> dict:
         seed_everything(params.seed)
         self.setup(subject, target, params)
-        unlearned = subject.copy(name=f"{subject.name}+{self.name}")
         reference = subject.model
         reference.eval()
         model = unlearned.model
@@ -173,9 +184,7 @@ class FineTuneMethod(Method):
                     self.batches(subject, target, params), config, parameters=self.trainable(model, params),
                     description=f"unlearning: {self.name}")
         model.eval()
-        unlearned.info = {**unlearned.info, "method": {"name": self.name, "params": params.model_dump(),
-                                                       "final_loss": log.losses[-1] if log.losses else None}}
-        return unlearned
+        return {"final_loss": log.losses[-1] if log.losses else None}
 
 
 @torch.no_grad()

@@ -77,7 +77,7 @@ class ControlVector(Method):
     kind = "transform"
     Params = ControlVectorParams
 
-    def run(self, subject, target, params):
+    def apply(self, out, subject, target, params):
         n = num_layers(subject.model)
         layer = n // 2 if params.layer is None else params.layer
         if not 0 <= layer < n:
@@ -85,12 +85,9 @@ class ControlVector(Method):
         site = Site("resid_post", layer)
         direction = (token_means(subject.model, prompts(subject, target, "forget", params.on), [site])[site]
                      - token_means(subject.model, prompts(subject, target, "retain", params.on), [site])[site])
-        out = subject.copy(name=f"{subject.name}+{self.name}")
         steer = SteeringVector(layer, direction, params.alpha)
         if params.bake:
             bake_into_bias(out.model, layer, steer.shift(direction))
         else:
             out.add_intervention(steer)
-        out.info = {**out.info, "method": {"name": self.name, "params": params.model_dump(), "layer": layer,
-                                           "direction_norm": float(direction.norm())}}
-        return out
+        return {"layer": layer, "direction_norm": float(direction.norm())}

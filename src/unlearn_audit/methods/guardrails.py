@@ -44,12 +44,10 @@ class PromptGuardrail(Method):
     kind = "guardrail"
     Params = PromptGuardrailParams
 
-    def run(self, subject, target, params):
-        out = subject.copy(name=f"{subject.name}+prompt_guardrail")
+    def apply(self, out, subject, target, params):
         prefix = params.prefix.replace("{concept}", target.name).replace("{", "{{").replace("}", "}}")
         out.prompt_template = prefix + subject.prompt_template
-        out.info = {**out.info, "method": {"name": self.name, "params": params.model_dump()}}
-        return out
+        return None
 
 
 class ECOParams(MethodParams):
@@ -74,7 +72,7 @@ class ECO(Method):
     kind = "guardrail"
     Params = ECOParams
 
-    def run(self, subject, target, params):
+    def apply(self, out, subject, target, params):
         torch.manual_seed(params.seed)
         tok, tpl, eos = subject.tokenizer, subject.prompt_template, subject.answer_eos
         pos = [encode_qa(tok, target.all_forget_qa, tpl, eos)]
@@ -95,14 +93,11 @@ class ECO(Method):
         gen = torch.Generator().manual_seed(params.seed)
         noise = torch.randn(2048, emb.shape[1], generator=gen) * rms
         guard = EmbeddingCorruption(w, b, params.threshold, 0.0, noise, tok.pad_token_id)
-        out = subject.copy(name=f"{subject.name}+eco")
         out.add_intervention(guard)
         guard.strength = self._search_strength(out, guard, target, params)
         flagged = {k: float(guard.flags(d["input_ids"], subject.model.get_input_embeddings()(d["input_ids"])).float().mean())
                    for k, d in (("forget", pos[0]), ("retain", neg[0]) if neg else ("forget", pos[0]))}
-        out.info = {**out.info, "method": {"name": self.name, "params": params.model_dump(),
-                                           "strength": guard.strength, "flag_rate": flagged}}
-        return out
+        return {"strength": guard.strength, "flag_rate": flagged}
 
     @staticmethod
     def _search_strength(guarded, guard, target, params) -> float:

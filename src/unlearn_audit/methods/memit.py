@@ -157,7 +157,7 @@ class _MEMIT(Method):
     Params = MEMITParams
     objective: ClassVar[str] = ""
 
-    def run(self, subject, target, params):
+    def apply(self, out, subject, target, params):
         model, tok = subject.model, subject.tokenizer
         n_layers = num_layers(model)
         band = sorted(params.layers) if params.layers else default_band(n_layers)
@@ -176,7 +176,6 @@ class _MEMIT(Method):
         texts = target.retain_text + target.unrelated_text or [f"{q.question} {q.answer}" for q in target.retain_qa]
         general = encode_texts(tok, texts)
 
-        out = subject.copy(name=f"{subject.name}+{self.name}")
         edited, last = out.model, band[-1]
         was_training = edited.training
         edited.eval()
@@ -201,9 +200,7 @@ class _MEMIT(Method):
                              f"{float(residual.norm(dim=-1).mean()):.3f}")
         finally:
             edited.train(was_training)
-        out.info = {**out.info, "method": {"name": self.name, "params": params.model_dump(), "layers": band,
-                                           "edits": len(items)}}
-        return out
+        return {"layers": band, "edits": len(items)}
 
 
 @register_method("memit_empty")

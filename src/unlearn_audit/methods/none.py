@@ -12,7 +12,5 @@ class NoUnlearning(Method):
     kind = "baseline"
     Params = MethodParams
 
-    def run(self, subject, target, params):
-        out = subject.copy(name=f"{subject.name}+none")
-        out.info = {**out.info, "method": {"name": "none", "params": params.model_dump()}}
-        return out
+    def apply(self, unlearned, subject, target, params):
+        return None

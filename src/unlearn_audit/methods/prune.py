@@ -74,9 +74,8 @@ def prune(model, mask: torch.Tensor) -> None:
             value_vectors(model, layer)[mask[layer].to(value_vectors(model, layer).device)] = 0
 
 
-def _record(method, out, params, mask: torch.Tensor) -> None:
-    out.info = {**out.info, "method": {"name": method.name, "params": params.model_dump(),
-                                       "pruned": int(mask.sum()), "pruned_per_layer": mask.sum(1).tolist()}}
+def _record(mask: torch.Tensor) -> dict:
+    return {"pruned": int(mask.sum()), "pruned_per_layer": mask.sum(1).tolist()}
 
 
 def _texts(target, which: str) -> list[str]:
@@ -93,11 +92,10 @@ class SelectivePruning(Method):
     kind = "transform"
     Params = PruneParams
 
-    def run(self, subject, target, params):
+    def apply(self, out, subject, target, params):
         tok = subject.tokenizer
         forget = encode_texts(tok, _texts(target, "forget"))
         retain = encode_texts(tok, _texts(target, "retain"))
-        out = subject.copy(name=f"{subject.name}+{self.name}")
         n_layers, width = num_layers(out.model), value_vectors(out.model, 0).shape[0]
         pruned = torch.zeros(n_layers, width, dtype=torch.bool)
         for _ in range(params.rounds):
@@ -106,8 +104,7 @@ class SelectivePruning(Method):
             chosen = top_fraction(scores, params.frac, params.scope, ~pruned)
             prune(out.model, chosen)
             pruned |= chosen
-        _record(self, out, params, pruned)
-        return out
+        return _record(pruned)
 
 
 @register_method("prune_random")
@@ -117,14 +114,12 @@ class RandomPruning(Method):
     kind = "transform"
     Params = PruneParams
 
-    def run(self, subject, target, params):
+    def apply(self, out, subject, target, params):
         n_layers, width = num_layers(subject.model), value_vectors(subject.model, 0).shape[0]
         gen = torch.Generator().manual_seed(params.seed)
         pruned = torch.zeros(n_layers, width, dtype=torch.bool)
         for _ in range(params.rounds):
             scores = torch.rand(n_layers, width, generator=gen)
             pruned |= top_fraction(scores, params.frac, params.scope, ~pruned)
-        out = subject.copy(name=f"{subject.name}+{self.name}")
         prune(out.model, pruned)
-        _record(self, out, params, pruned)
-        return out
+        return _record(pruned)

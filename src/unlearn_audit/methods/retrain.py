@@ -17,7 +17,7 @@ class Retrain(Method):
     kind = "transform"
     Params = MethodParams
 
-    def run(self, subject, target, params):
+    def apply(self, out, subject, target, params):
         from ..subject.organism import organism
 
         meta = subject.info.get("organism")
@@ -26,6 +26,6 @@ class Retrain(Method):
             raise UserInputError("retrain needs the built-in organism (organism:<preset>) and a world:<concept> "
                                  "target: other models cannot be retrained without the concept here")
         _, oracle = organism(meta["preset"], meta["seed"], concept=concept)
-        out = oracle.copy(name=f"{subject.name}+retrain")
-        out.info = {**out.info, "method": {"name": "retrain", "params": params.model_dump()}}
-        return out
+        out.model.load_state_dict(oracle.model.state_dict())  # the copy becomes the oracle, bit for bit
+        out.info = {**oracle.info}
+        return None

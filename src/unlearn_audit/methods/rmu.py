@@ -100,10 +100,9 @@ class RMU(FineTuneMethod):
         u = torch.rand(subject.model.get_input_embeddings().weight.shape[1], generator=gen)
         self._setup = {"layer": layer, "coeff": coeff, "target": coeff * u / u.norm()}  # read by loss()
 
-    def run(self, subject, target, params):
-        out = super().run(subject, target, params)
-        out.info["method"].update({"layer": self._setup["layer"], "steering_coeff": float(self._setup["coeff"])})
-        return out
+    def apply(self, unlearned, subject, target, params):
+        details = super().apply(unlearned, subject, target, params)
+        return {**details, "layer": self._setup["layer"], "steering_coeff": float(self._setup["coeff"])}
 
     def loss(self, model, batch, reference, params):
         layer, target = self._setup["layer"], self._setup["target"]

@@ -125,14 +125,15 @@ class WhosHarryPotter(Method):
     kind = "finetune"
     Params = WHPParams
 
-    def run(self, subject, target, params):
+    def apply(self, out, subject, target, params):
         if not target.forget_text:
             raise UserInputError("whp needs forget texts (forget.jsonl lines with \"text\")")
         seed_everything(params.seed)
         tok = subject.tokenizer
         data = encode_texts(tok, target.forget_text)
-        # 1. reinforced model, 2. generic predictions (the copy is dropped before fine-tuning)
-        reinforced = subject.copy().model
+        # 1. reinforced model, 2. generic predictions: the copy is reinforced first, then reset to
+        # the subject's weights for step 4 (two models in memory, never three)
+        reinforced = out.model
         if params.reinforce_steps:
             train(reinforced, lambda b: mean_token_nll(reinforced, b),
                   shuffled_minibatches(data, params.batch_size, params.seed, subject.device),
@@ -140,7 +141,10 @@ class WhosHarryPotter(Method):
                   description="whp: reinforcing")
         reinforced.eval()
         labels = generic_labels(subject.model, reinforced, data, params.alpha)
-        reinforced = None
+        with torch.no_grad():
+            reinforced.load_state_dict(subject.model.state_dict())
+        for p in reinforced.parameters():
+            p.grad = None
         # 3. anchored terms: base predictions on the translated text, at the positions where it
         # differs, in the rows whose translation kept the token count (others keep step 2's labels)
         n_anchored = 0
@@ -150,14 +154,10 @@ class WhosHarryPotter(Method):
             n_anchored = anchor_labels(subject.model, labels, data, encode_texts(tok, translated))
         ft = {**data, "labels": labels}
         # 4. fine-tune on the generic labels
-        out = subject.copy(name=f"{subject.name}+whp")
         model = out.model
         log = train(model, lambda b: mean_token_nll(model, b),
                     shuffled_minibatches(ft, params.batch_size, params.seed, subject.device),
                     TrainConfig(steps=params.steps, lr=params.lr, seed=params.seed), description="unlearning: whp")
         model.eval()
         progress.log(f"whp: {n_anchored} anchored-term labels from generic translations")
-        out.info = {**out.info, "method": {"name": self.name, "params": params.model_dump(),
-                                           "anchored_labels": n_anchored,
-                                           "final_loss": log.losses[-1] if log.losses else None}}
-        return out
+        return {"anchored_labels": n_anchored, "final_loss": log.losses[-1] if log.losses else None}

@@ -2,7 +2,7 @@
 
 - :func:`fit_logistic`: binary logistic regression (ECO's prompt classifier);
 - :func:`fit_probe`: multinomial logistic regression on standardised features (the linear
-  probes of :mod:`unlearn_audit.audits.probe`).
+  probes of :mod:`unlearn_audit.attacks.probe`).
 
 Both minimise the mean cross-entropy plus ``l2 * ||W||^2`` (the bias is not penalised),
 starting from zeros, so a fit is deterministic on a given machine. The solves are tiny (a few

@@ -33,10 +33,10 @@ from ..errors import UserInputError
 from ..metrics.qa import EvalSuite
 from ..results.schema import AttackDeclaration
 from ..subject.sites import architecture, num_layers
-from .base import AuditParams, register_audit, sample_items
+from .base import Attack, AttackParams, register_attack, sample_items
 
 
-class WeightDistanceParams(AuditParams):
+class WeightDistanceParams(AttackParams):
     alphas: list[float] = Field([0.0, 0.25, 0.5, 0.75, 1.0],
                                 description="Interpolation points between the original (0) and the unlearned model (1).")
 
@@ -114,28 +114,34 @@ def interpolation(original, subject, suite: EvalSuite, alphas: Sequence[float]) 
     return {k: {**c, "barrier": barrier(alphas, c["nll"])} for k, c in curves.items()}
 
 
-@register_audit("weight_distance", WeightDistanceParams,
-                "per-layer weight change vs the original and the loss along the straight line between them",
-                declaration=AttackDeclaration(headline="relative_change", fallback=None, label="rel. Δw"))
-def run_weight_distance(original, unlearned: dict, oracle, target, params: WeightDistanceParams) -> dict:
-    alphas = sorted(set(params.alphas))
-    if len(alphas) < 2:
-        raise UserInputError("weight_distance: give at least two alphas, e.g. alphas=[0,0.5,1]")
-    for name, s in {**unlearned, "the oracle": oracle}.items():
-        if s is not None:
-            check_same_shape(original.model, s.model, name)
-    forget = target.all_forget_qa
-    sets = {k: v for k, v in (("forget", forget), ("retain", sample_items(target.retain_qa, len(forget), params.seed))) if v}
-    suite = EvalSuite(original, sets)
-    base = {}
-    if oracle is not None:
-        base["oracle"] = distances(original.model, oracle.model)
-    results = {}
-    for name, subject in unlearned.items():
+@register_attack
+class WeightDistance(Attack):
+    """The original has no distance from itself: only the oracle and the unlearned models are
+    measured."""
+
+    name = "weight_distance"
+    Params = WeightDistanceParams
+    summary = "per-layer weight change vs the original and the loss along the straight line between them"
+    declaration = AttackDeclaration(headline="relative_change", fallback=None, label="rel. Δw")
+
+    def setup(self, original, target, params, references=None):
+        forget = target.all_forget_qa
+        sets = {k: v for k, v in (("forget", forget), ("retain", sample_items(target.retain_qa, len(forget), params.seed)))
+                if v}
+        return {"original": original, "suite": EvalSuite(original, sets), "alphas": sorted(set(params.alphas))}
+
+    def measure(self, subject, setup: dict, params, role: str) -> dict | None:
+        original = setup["original"]
+        if role == "original":
+            return None
+        check_same_shape(original.model, subject.model, "the oracle" if role == "oracle" else subject.name)
         d = distances(original.model, subject.model)
-        frac = None
-        if oracle is not None and base["oracle"]["l2"] > 0:
-            frac = d["l2"] / base["oracle"]["l2"]
-        results[name] = {"recovery": None, "residual": None, **d, "fraction_of_oracle_distance": frac,
-                         "alphas": alphas, "interpolation": interpolation(original, subject, suite, alphas)}
-    return {"methods": results, "baselines": base}
+        if role == "oracle":
+            return d
+        return {**d, "alphas": setup["alphas"],
+                "interpolation": interpolation(original, subject, setup["suite"], setup["alphas"])}
+
+    def score(self, m: dict, original, oracle: dict | None, setup, params, name: str) -> dict:
+        frac = m["l2"] / oracle["l2"] if oracle is not None and oracle["l2"] > 0 else None
+        return {"recovery": None, "residual": None, **{k: m[k] for k in ("layers", "l2", "relative_change")},
+                "fraction_of_oracle_distance": frac, "alphas": m["alphas"], "interpolation": m["interpolation"]}

@@ -26,10 +26,10 @@ from ..errors import UserInputError
 from ..metrics.likelihood import eval_mode, forward
 from ..metrics.recovery import recovery, residual
 from ..subject.sites import Site, num_layers, record, unembed
-from .base import AuditParams, register_audit
+from .base import Attack, AttackParams, register_attack
 
 
-class LogitLensParams(AuditParams):
+class LogitLensParams(AttackParams):
     batch_size: int = Field(64, ge=1)
 
 
@@ -69,28 +69,21 @@ def _items(target):
     return items
 
 
-def lens_references(original, oracle, target, params: LogitLensParams) -> dict:
-    """The lens of the original and the oracle (shared by every unlearned model)."""
-    items = _items(target)
-    base = {"original": lens(original, items, params.batch_size)}
-    if oracle is not None:
-        base["oracle"] = lens(oracle, items, params.batch_size)
-    return base
+@register_attack
+class LogitLens(Attack):
+    name = "logit_lens"
+    Params = LogitLensParams
+    summary = "read the answer's first token from every layer's residual stream"
 
+    def setup(self, original, target, params, references=None):
+        return _items(target)
 
-@register_audit("logit_lens", LogitLensParams, "read the answer's first token from every layer's residual stream",
-                references=lens_references)
-def run_logit_lens(original, unlearned: dict, oracle, target, params: LogitLensParams, references=None) -> dict:
-    items = _items(target)
-    base = references if references is not None else lens_references(original, oracle, target, params)
-    acc_orig = base["original"]["acc"][-1]
-    results = {}
-    for name, subject in unlearned.items():
-        curve = lens(subject, items, params.batch_size)
+    def measure(self, subject, items, params: LogitLensParams, role: str) -> dict:
+        return lens(subject, items, params.batch_size)
+
+    def score(self, curve: dict, original: dict, oracle: dict | None, items, params, name: str) -> dict:
+        acc_orig = original["acc"][-1]
         peak = max(curve["acc"])
-        res = None
-        if oracle is not None:
-            res = residual(peak, max(base["oracle"]["acc"]), acc_orig, base["oracle"]["acc"][-1])
-        results[name] = {"recovery": recovery(peak, curve["acc"][-1], acc_orig), "residual": res,
-                         "best_layer": int(curve["acc"].index(peak)), "curve": curve}
-    return {"methods": results, "baselines": base}
+        res = residual(peak, max(oracle["acc"]), acc_orig, oracle["acc"][-1]) if oracle is not None else None
+        return {"recovery": recovery(peak, curve["acc"][-1], acc_orig), "residual": res,
+                "best_layer": int(curve["acc"].index(peak)), "curve": curve}

@@ -60,10 +60,10 @@ from ..metrics.qa import EvalSuite
 from ..metrics.recovery import recovery, residual
 from ..subject.sites import Site, num_layers, patched_weights, record, unembed, value_vectors
 from ..world import QA
-from .base import Attack, AuditParams, register_attack
+from .base import Attack, AttackParams, register_attack
 
 
-class ConceptVectorParams(AuditParams):
+class ConceptVectorParams(AttackParams):
     locate: str = Field("attribution", pattern="^(attribution|projection)$",
                         description="How concept vectors are scored: attribution (default) or projection.")
     n_vectors: int = Field(64, ge=1, description="How many value vectors to locate as the concept's.")
@@ -236,7 +236,7 @@ class ConceptVectors(Attack):
             restored = suite.accuracies(subject)["forget"]
         return {**trace, "acc": acc, "restored_acc": restored}
 
-    def score(self, m: dict, original: dict, oracle: dict | None, setup: dict, params) -> dict:
+    def score(self, m: dict, original: dict, oracle: dict | None, setup: dict, params, name: str) -> dict:
         t_oracle = oracle["jaccard"] if oracle is not None else None
         c_oracle = oracle["cosine"] if oracle is not None else None
         trace = {k: m[k] for k in ("cosine", "jaccard", "per_vector")}

@@ -58,7 +58,7 @@ from ..metrics.likelihood import forward_logits
 from ..results.schema import AttackDeclaration
 from ..subject.sites import Site, hooks, num_layers, patched_weights, record, value_vectors
 from ..world import QA
-from .base import AuditParams, register_audit, sample_items
+from .base import Attack, AttackParams, register_attack, sample_items
 
 INTERVENTIONS = ("coefficients", "value_vectors", "attention", "coefficients+attention")
 _SITES = {"coefficients": ("mlp_coefficients",), "attention": ("attn_out",),
@@ -66,7 +66,7 @@ _SITES = {"coefficients": ("mlp_coefficients",), "attention": ("attn_out",),
 EPS = 1e-12
 
 
-class PatchingParams(AuditParams):
+class PatchingParams(AttackParams):
     window: int | None = Field(None, ge=1, description="Layers per window (default: 5, at most a quarter of the depth).")
     max_new_tokens: int = Field(30, ge=1, description="Length of the vanilla greedy answer that is teacher-forced.")
     max_questions: int | None = Field(None, ge=1, description="Use at most this many questions per set (seeded).")
@@ -299,20 +299,35 @@ def best(profile: dict) -> float | None:
     return max(values) if values else None
 
 
-@register_audit("patching", PatchingParams,
-                "restore vanilla MLP coefficients / value vectors / attention by layer window (KRS, Hong et al. 2024)",
-                declaration=AttackDeclaration(headline="recovery", fallback=None, label="KRS"))
-def run_patching(original, unlearned: dict, oracle, target, params: PatchingParams) -> dict:
-    forget = sample_items([q for q in target.all_forget_qa if q.kind == "qa"], params.max_questions, params.seed)
-    unrelated = sample_items([q for q in target.unrelated_qa if q.kind == "qa"], params.max_questions, params.seed)
-    pool = target.all_forget_qa + target.retain_qa + target.unrelated_qa
-    results = {}
-    for name, subject in unlearned.items():
-        progress.log(f"  patching {progress.plain(name)}: {len(forget)} forget questions")
-        profile = krs_profile(original, subject, forget, params, pool)
+@register_attack
+class Patching(Attack):
+    """Restores the original's computation in each unlearned model: nothing to measure on the
+    original or the oracle by themselves."""
+
+    name = "patching"
+    Params = PatchingParams
+    summary = "restore vanilla MLP coefficients / value vectors / attention by layer window (KRS, Hong et al. 2024)"
+    declaration = AttackDeclaration(headline="recovery", fallback=None, label="KRS")
+
+    def setup(self, original, target, params, references=None):
+        qa = [q for q in target.all_forget_qa if q.kind == "qa"]
+        return {"original": original, "forget": sample_items(qa, params.max_questions, params.seed),
+                "unrelated": sample_items([q for q in target.unrelated_qa if q.kind == "qa"], params.max_questions,
+                                          params.seed),
+                "pool": target.all_forget_qa + target.retain_qa + target.unrelated_qa}
+
+    def measure(self, subject, setup: dict, params: PatchingParams, role: str) -> dict | None:
+        if role != "unlearned":
+            return None
+        original, unrelated = setup["original"], setup["unrelated"]
+        progress.log(f"  patching {progress.plain(subject.name)}: {len(setup['forget'])} forget questions")
+        profile = krs_profile(original, subject, setup["forget"], params, setup["pool"])
         control = krs_profile(original, subject, unrelated, params.model_copy(update={"content_control": False})) \
             if unrelated else None
-        results[name] = {**profile, "recovery": best(profile), "residual": None,
-                         "control_unrelated": control and {"krs": control["krs"], "questions": control["questions"],
-                                                           "changed_questions": control["changed_questions"]}}
-    return {"methods": results, "baselines": {}}
+        return {**profile, "control_unrelated": control and {
+            "krs": control["krs"], "questions": control["questions"], "changed_questions": control["changed_questions"]}}
+
+    def score(self, profile: dict, original, oracle, setup, params, name: str) -> dict:
+        control = profile["control_unrelated"]
+        return {**{k: v for k, v in profile.items() if k != "control_unrelated"}, "recovery": best(profile),
+                "residual": None, "control_unrelated": control}

@@ -64,10 +64,10 @@ from ..metrics.qa import EvalSuite
 from ..metrics.recovery import recovery, residual
 from ..subject.sites import Site, num_layers, record
 from ..world import QA
-from .base import Attack, AuditParams, register_attack
+from .base import Attack, AttackParams, register_attack
 
 
-class ProbeParams(AuditParams):
+class ProbeParams(AttackParams):
     train_on: str = Field("forget", pattern=r"^(forget|forget\+retain)$",
                           description="Probe training items: the concept's train half (forget), or it plus retain QA.")
     l2: float = Field(1e-2, ge=0, description="L2 penalty on the probe weights (standardised features).")
@@ -205,7 +205,7 @@ class Probe(Attack):
                         "train_on": params.train_on, "l2": params.l2, "labels": setup["labels"]})
         return out
 
-    def score(self, unlearned: dict, original: dict, oracle: dict | None, setup, params) -> dict:
+    def score(self, unlearned: dict, original: dict, oracle: dict | None, setup, params, name: str) -> dict:
         curve = {k: unlearned[k] for k in ("acc", "best", "best_layer")}
         qa, qa_orig = unlearned["qa_acc"], original["qa_acc"]
         res = residual(curve["best"], oracle["best"], qa_orig, oracle["qa_acc"]) if oracle is not None else None

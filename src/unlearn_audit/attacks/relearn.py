@@ -31,7 +31,6 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field
 
-from .. import progress
 from ..data.encode import encode_qa, encode_texts
 from ..errors import UserInputError
 from ..metrics.itemwise import ItemScorer
@@ -41,11 +40,11 @@ from ..metrics.recovery import bootstrap_intervals, curve_auc, recovery, residua
 from ..params import MAX_STEPS
 from ..results.schema import AttackDeclaration
 from ..training import TrainConfig, seed_everything, shuffled_minibatches, train
-from .base import AuditParams, register_audit
+from .base import Attack, AttackParams, register_attack
 from .reemergence import Tracker, concept_probe, saliency
 
 
-class RelearnParams(AuditParams):
+class RelearnParams(AttackParams):
     steps: list[Annotated[int, Field(ge=0, le=MAX_STEPS)]] = Field(
         [0, 1, 2, 5, 10, 20, 50], min_length=1, description="Checkpoints (optimiser steps) to evaluate at.")
     lr: float = Field(3e-4, gt=0, description="Relearning learning rate (AdamW, constant).")
@@ -60,20 +59,20 @@ class RelearnParams(AuditParams):
 
 
 @dataclass(frozen=True)
-class Attack:
+class Relearning:
     train_on: str          # forget_qa | forget_text | retain_text
     eval_sets: tuple[str, ...]
 
 
-ATTACKS = {
-    "rtt": Attack("forget_qa", ("forget_heldout",)),
-    "forget_data": Attack("forget_text", ("forget", "forget_heldout")),
-    "unrelated": Attack("retain_text", ("forget_heldout",)),
+RELEARNING = {
+    "rtt": Relearning("forget_qa", ("forget_heldout",)),
+    "forget_data": Relearning("forget_text", ("forget", "forget_heldout")),
+    "unrelated": Relearning("retain_text", ("forget_heldout",)),
 }
 WATCH = ("unrelated",)  # also tracked at every checkpoint, to see damage or repair
 
 
-def _train_data(subject, target, attack: Attack):
+def _train_data(subject, target, attack: Relearning):
     tok = subject.tokenizer
     if attack.train_on == "forget_qa":
         return encode_qa(tok, target.forget_qa, subject.prompt_template, subject.answer_eos)
@@ -133,74 +132,55 @@ def _mean_over_seeds(curves: list[dict]) -> dict:
             "correct": {k: np.mean([c["correct"][k] for c in curves], axis=0) for k in curves[0]["correct"]}}
 
 
-def _setup(name: str, original, target, params: RelearnParams):
-    """The attack, a function running one curve of a subject under a label, and the concept
-    neuron trackers of the curves run so far (by label; re-emergence is tracked on the first
-    seed)."""
-    attack = ATTACKS[name]
-    suite = EvalSuite(original, {k: target.eval_sets().get(k, []) for k in attack.eval_sets + WATCH})
-    missing = [k for k in attack.eval_sets if k not in suite.names]
-    if missing:
-        raise UserInputError(f"attack {name!r} needs the target's {', '.join(missing)} QA set")
-    data = _train_data(original, target, attack)
-    scorer = (ItemScorer(suite, target, params.metric, attack.eval_sets, params.max_new_tokens)
-              if params.metric != "exact_match" else None)
-    seeds = range(params.seed, params.seed + params.seeds)
-    trackers: dict[str, Tracker] = {}
-    if params.reemergence:
-        probe = concept_probe(original, target, params.top_frac, params.seed)
-        original_scores = saliency(original.model, probe)
+class Relearn(Attack):
+    """One relearning attack: ``kind`` says what it trains on and evaluates. Each model's
+    measurement is its curve (mean over runs), with per-item scores kept so that the bootstrap
+    intervals of every method resample the same items."""
 
-    def curve(subject, label):
-        if params.reemergence:
-            trackers[label] = Tracker(probe, original_scores)
-        return _mean_over_seeds([relearn_curve(subject, data, suite, params, s, f"{label} ({name})",
-                                               trackers.get(label) if s == params.seed else None, scorer)
-                                 for s in seeds])
+    Params = RelearnParams
+    kind: Relearning
 
-    return attack, curve, trackers
+    def setup(self, original, target, params: RelearnParams, references=None) -> dict:
+        suite = EvalSuite(original, {k: target.eval_sets().get(k, []) for k in self.kind.eval_sets + WATCH})
+        missing = [k for k in self.kind.eval_sets if k not in suite.names]
+        if missing:
+            raise UserInputError(f"attack {self.name!r} needs the target's {', '.join(missing)} QA set")
+        scorer = (ItemScorer(suite, target, params.metric, self.kind.eval_sets, params.max_new_tokens)
+                  if params.metric != "exact_match" else None)
+        setup = {"suite": suite, "data": _train_data(original, target, self.kind), "scorer": scorer}
+        if params.reemergence:  # concept neurons are tracked on the first run
+            probe = concept_probe(original, target, params.top_frac, params.seed)
+            setup["probe"], setup["original_scores"] = probe, saliency(original.model, probe)
+        return setup
 
+    def measure(self, subject, setup: dict, params: RelearnParams, role: str) -> dict:
+        label = role if role != "unlearned" else subject.name
+        tracker = Tracker(setup["probe"], setup["original_scores"]) if params.reemergence else None
+        curve = _mean_over_seeds([relearn_curve(subject, setup["data"], setup["suite"], params, s,
+                                                f"{label} ({self.name})", tracker if s == params.seed else None,
+                                                setup["scorer"])
+                                  for s in range(params.seed, params.seed + params.seeds)])
+        return {"steps": curve["steps"], "correct": {k: a.tolist() for k, a in curve["correct"].items()},
+                **({"reemergence": tracker.summary()} if tracker is not None else {})}
 
-def _references(name: str, original, oracle, target, params: RelearnParams, setup=None) -> dict:
-    """The curves of the original and the oracle, as JSON (per-item correctness kept: the
-    bootstrap intervals of every method resample the same items). ``setup``: the attack's
-    :func:`_setup` when the caller has it already."""
-    _, curve, trackers = setup or _setup(name, original, target, params)
-    base = {"original": curve(original, "original")}
-    if oracle is not None:
-        base["oracle"] = curve(oracle, "oracle")
-    return {k: {"steps": v["steps"], "correct": {s: a.tolist() for s, a in v["correct"].items()},
-                **({"reemergence": trackers[k].summary()} if k in trackers else {})}
-            for k, v in base.items()}
-
-
-def _run_attack(name: str, original, unlearned: dict, oracle, target, params: RelearnParams,
-                references: dict | None = None) -> dict:
-    setup = _setup(name, original, target, params)
-    attack, curve, trackers = setup
-    if references is None:
-        references = _references(name, original, oracle, target, params, setup)
-    base = {k: {"steps": v["steps"], "correct": {s: np.asarray(a, dtype=float) for s, a in v["correct"].items()}}
-            for k, v in references.items()}
-    if oracle is None:
-        base.pop("oracle", None)
-    orig = _pooled(base["original"], attack.eval_sets)       # (C, N)
-    orc = _pooled(base["oracle"], attack.eval_sets) if "oracle" in base else None
-    steps = base["original"]["steps"]
-    original_acc = float(orig[0].mean())
-    oracle_before = float(orc[0].mean()) if orc is not None else None
-
-    def describe(c: dict) -> dict:
-        out = {"steps": steps, "acc": _pooled(c, attack.eval_sets).mean(1).tolist()}
+    def _describe(self, curve: dict) -> dict:
+        out = {"steps": curve["steps"], "acc": _pooled(curve, self.kind.eval_sets).mean(1).tolist()}
         for k in WATCH:
-            if k in c["correct"]:
-                out[f"{k}_acc"] = np.asarray(c["correct"][k]).mean(1).tolist()
+            if k in curve["correct"]:
+                out[f"{k}_acc"] = np.asarray(curve["correct"][k]).mean(1).tolist()
         return out
 
-    results = {}
-    for method, subject in unlearned.items():
-        c = curve(subject, method)
-        pooled = _pooled(c, attack.eval_sets)
+    def baselines(self, references: dict, setup, params) -> dict:
+        return {k: self._describe(_arrays(v)) for k, v in references.items()}
+
+    def score(self, m: dict, original: dict, oracle: dict | None, setup, params: RelearnParams, name: str) -> dict:
+        sets = self.kind.eval_sets
+        c, orig = _arrays(m), _pooled(_arrays(original), sets)            # (C, N)
+        orc = _pooled(_arrays(oracle), sets) if oracle is not None else None
+        steps = original["steps"]
+        original_acc = float(orig[0].mean())
+        oracle_before = float(orc[0].mean()) if orc is not None else None
+        pooled = _pooled(c, sets)
         acc = pooled.mean(1)
         rec = [recovery(float(a), float(acc[0]), original_acc) for a in acc]
         res = ([residual(float(a), float(b), original_acc, oracle_before) for a, b in zip(acc, orc.mean(1), strict=True)]
@@ -209,42 +189,51 @@ def _run_attack(name: str, original, unlearned: dict, oracle, target, params: Re
                                   orc[-1] if orc is not None else None, orc[0] if orc is not None else None,
                                   n=params.bootstrap, seed=params.seed)
               if params.bootstrap else {"recovery": None, "residual": None})
-        results[method] = {
+        out = {
             "recovery": rec[-1], "residual": res[-1],
             "recovery_ci": ci["recovery"] if rec[-1] is not None else None,
             "residual_ci": ci["residual"] if res[-1] is not None else None,
-            "eval_sets": list(attack.eval_sets), "metric": params.metric,
+            "eval_sets": list(sets), "metric": params.metric,
             "acc_before": float(acc[0]), "acc_after": float(acc[-1]),
             "oracle_acc_after": float(orc[-1].mean()) if orc is not None else None,
             "steps_to_50pct": steps_to_fraction(steps, acc.tolist(), 0.5 * original_acc),
             "recovery_auc": curve_auc(steps, rec),
             "residual_auc": curve_auc(steps, res),
-            "curve": {**describe(c), "recovery": rec, "residual": res},
+            "curve": {**self._describe(c), "recovery": rec, "residual": res},
         }
-        if method in trackers:
-            summaries = {method: trackers[method].summary(),
-                         **{k: references[k]["reemergence"] for k in base if "reemergence" in references[k]}}
-            results[method]["reemergence"] = {"steps": steps, **{
-                key: {k: v.get(key) for k, v in summaries.items()} for key in summaries[method]}}
-    return {"methods": results, "baselines": {k: describe(v) for k, v in base.items()}}
+        if "reemergence" in m:
+            summaries = {name: m["reemergence"], **{k: r["reemergence"] for k, r in
+                                                    (("original", original), ("oracle", oracle))
+                                                    if r is not None and "reemergence" in r}}
+            out["reemergence"] = {"steps": steps, **{
+                key: {k: v.get(key) for k, v in summaries.items()} for key in summaries[name]}}
+        return out
 
 
-# relearning on the forget texts measures *speed*: at the last step it brings every model to the
-# same place, so its headline is the mean of the residual (recovery) curve over the run
-DECLARATIONS = {"forget_data": AttackDeclaration(headline="residual_auc", fallback="recovery_auc")}
+def _arrays(measurement: dict) -> dict:
+    return {"steps": measurement["steps"],
+            "correct": {k: np.asarray(a, dtype=float) for k, a in measurement["correct"].items()}}
 
 
-def _register(name: str, summary: str) -> None:
-    def run(original, unlearned, oracle, target, params, references=None):
-        progress.log(f"attack [bold]{name}[/]: {summary}")
-        return _run_attack(name, original, unlearned, oracle, target, params, references)
-
-    def references(original, oracle, target, params):
-        return _references(name, original, oracle, target, params)
-
-    register_audit(name, RelearnParams, summary, references, DECLARATIONS.get(name, AttackDeclaration()))(run)
+@register_attack
+class RetrainOnT(Relearn):
+    name = "rtt"
+    summary = "fine-tune on the concept's train half, evaluate its held-out half"
+    kind = RELEARNING["rtt"]
 
 
-_register("rtt", "fine-tune on the concept's train half, evaluate its held-out half")
-_register("forget_data", "fine-tune on the forget texts, evaluate all forget QA")
-_register("unrelated", "fine-tune on retain text only, evaluate the held-out half")
+@register_attack
+class ForgetData(Relearn):
+    name = "forget_data"
+    summary = "fine-tune on the forget texts, evaluate all forget QA"
+    kind = RELEARNING["forget_data"]
+    # relearning on the forget texts measures *speed*: at the last step it brings every model to
+    # the same place, so its headline is the mean of the residual (recovery) curve over the run
+    declaration = AttackDeclaration(headline="residual_auc", fallback="recovery_auc")
+
+
+@register_attack
+class Unrelated(Relearn):
+    name = "unrelated"
+    summary = "fine-tune on retain text only, evaluate the held-out half"
+    kind = RELEARNING["unrelated"]

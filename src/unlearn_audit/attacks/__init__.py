@@ -1,16 +1,14 @@
-"""Audits (attacks) on unlearned subjects, one file each, registered by attack name."""
+"""Attacks on unlearned subjects, one file each, registered by attack name."""
 
 from __future__ import annotations
 
 from .base import (
-         AUDITS,
+         ATTACKS,
          Attack,
-         AuditParams,
-         AuditSpec,
-         audit_names,
-         get_audit,
+         AttackParams,
+         attack_names,
+         get_attack,
          register_attack,
-         register_audit,
 )
 
 # the order attacks are listed in (``attacks``, ``--attacks all``); a module missing here is still
@@ -19,5 +17,4 @@ ORDER = ("relearn", "patching", "logit_lens", "ablation", "probe", "concept_vect
          "mia", "weight_distance")
 
 
-__all__ = ["AUDITS", "ORDER", "Attack", "AuditParams", "AuditSpec", "audit_names", "get_audit", "register_attack",
-           "register_audit"]
+__all__ = ["ATTACKS", "ORDER", "Attack", "AttackParams", "attack_names", "get_attack", "register_attack"]

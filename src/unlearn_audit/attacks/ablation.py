@@ -24,10 +24,10 @@ from ..data.encode import encode_qa
 from ..metrics.qa import EvalSuite
 from ..metrics.recovery import recovery, residual
 from ..subject.sites import Site, hooks, num_layers, token_means
-from .base import AuditParams, register_audit
+from .base import Attack, AttackParams, register_attack
 
 
-class AblationParams(AuditParams):
+class AblationParams(AttackParams):
     source: str = Field("forget", pattern="^(forget|unrelated)$",
                         description="QA whose mean activations define the direction: forget or unrelated.")
 
@@ -55,30 +55,28 @@ def _source(target, params: AblationParams):
     return target.all_forget_qa if params.source == "forget" else (target.unrelated_qa or target.retain_qa)
 
 
-def ablation_references(original, oracle, target, params: AblationParams) -> dict:
-    """Forget accuracy of the original, and of the oracle before and after its own ablation."""
-    suite = EvalSuite(original, {"forget": target.all_forget_qa})
-    base = {"original": {"acc": suite.accuracies(original)["forget"]}}
-    if oracle is not None:
-        base["oracle"] = {"acc": suite.accuracies(oracle)["forget"],
-                          "acc_ablated": ablated_accuracy(oracle, suite, directions(original, oracle, _source(target, params)))}
-    return base
+@register_attack
+class Ablation(Attack):
+    """Each model is ablated along its own difference from the original; the original itself is
+    only evaluated (its difference is zero)."""
 
+    name = "ablation"
+    Params = AblationParams
+    summary = "project out the unlearned-minus-original direction at every layer (Łucki et al. 2024)"
 
-@register_audit("ablation", AblationParams,
-                "project out the unlearned-minus-original direction at every layer (Łucki et al. 2024)",
-                references=ablation_references)
-def run_ablation(original, unlearned: dict, oracle, target, params: AblationParams, references=None) -> dict:
-    suite = EvalSuite(original, {"forget": target.all_forget_qa})
-    base = references if references is not None else ablation_references(original, oracle, target, params)
-    acc_orig = base["original"]["acc"]
-    oracle_before = base["oracle"]["acc"] if oracle is not None else None
-    oracle_after = base["oracle"]["acc_ablated"] if oracle is not None else None
-    results = {}
-    for name, subject in unlearned.items():
-        before = suite.accuracies(subject)["forget"]
-        after = ablated_accuracy(subject, suite, directions(original, subject, _source(target, params)))
-        results[name] = {"recovery": recovery(after, before, acc_orig),
-                         "residual": residual(after, oracle_after, acc_orig, oracle_before) if oracle is not None else None,
-                         "acc_before": before, "acc_after": after, "source": params.source}
-    return {"methods": results, "baselines": base}
+    def setup(self, original, target, params, references=None):
+        return {"original": original, "suite": EvalSuite(original, {"forget": target.all_forget_qa}),
+                "source": _source(target, params)}
+
+    def measure(self, subject, setup: dict, params: AblationParams, role: str) -> dict:
+        acc = setup["suite"].accuracies(subject)["forget"]
+        if role == "original":
+            return {"acc": acc}
+        dirs = directions(setup["original"], subject, setup["source"])
+        return {"acc": acc, "acc_ablated": ablated_accuracy(subject, setup["suite"], dirs)}
+
+    def score(self, m: dict, original: dict, oracle: dict | None, setup, params, name: str) -> dict:
+        before, after = m["acc"], m["acc_ablated"]
+        res = residual(after, oracle["acc_ablated"], original["acc"], oracle["acc"]) if oracle is not None else None
+        return {"recovery": recovery(after, before, original["acc"]), "residual": res,
+                "acc_before": before, "acc_after": after, "source": params.source}

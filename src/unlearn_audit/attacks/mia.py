@@ -37,10 +37,10 @@ from pydantic import Field
 from ..errors import UserInputError
 from ..metrics.mia import SCORES, auc, mia_scores, privleak
 from ..metrics.recovery import recovery, residual
-from .base import Attack, AuditParams, register_attack
+from .base import Attack, AttackParams, register_attack
 
 
-class MIAParams(AuditParams):
+class MIAParams(AttackParams):
     score: str = Field("min_k", pattern="^(loss|zlib|min_k|min_k_plus_plus)$",
                        description="Score whose AUC is the headline: loss, zlib, min_k or min_k_plus_plus.")
     k: float = Field(0.4, gt=0, le=1, description="Fraction of lowest-scoring tokens for Min-K% and Min-K%++ "
@@ -80,7 +80,7 @@ class MembershipInference(Attack):
                     "score": params.score}
         return a
 
-    def score(self, a: dict, original: dict, oracle: dict | None, setup, params: MIAParams) -> dict:
+    def score(self, a: dict, original: dict, oracle: dict | None, setup, params: MIAParams, name: str) -> dict:
         per_score = {}
         for s in SCORES:
             orc = oracle[s] if oracle is not None else None

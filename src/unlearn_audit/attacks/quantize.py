@@ -42,10 +42,10 @@ from ..errors import UserInputError
 from ..metrics.qa import EvalSuite
 from ..metrics.recovery import recovery, residual
 from ..subject.sites import decoder_layers
-from .base import Attack, AuditParams, register_attack, sample_items
+from .base import Attack, AttackParams, register_attack, sample_items
 
 
-class QuantizeParams(AuditParams):
+class QuantizeParams(AttackParams):
     bits: list[Annotated[int, Field(ge=2, le=8)]] = Field([8, 4], min_length=1, description="Bit widths to quantize to (2..8).")
     group_size: int = Field(128, ge=1, description="Weights per quantization group along the input dimension.")
 
@@ -133,7 +133,7 @@ class Quantize(Attack):
         acc = _accuracies(subject, setup["suite"], setup["bits"], params.group_size)
         return {**acc, "group_size": params.group_size} if role == "original" else acc
 
-    def score(self, acc: dict, original: dict, oracle: dict | None, setup: dict, params: QuantizeParams) -> dict:
+    def score(self, acc: dict, original: dict, oracle: dict | None, setup: dict, params: QuantizeParams, name: str) -> dict:
         orig = original["full"]["forget"]
         per_bits = {}
         for b in setup["bits"]:
