@@ -117,3 +117,16 @@ def test_whp_raises_forget_nll(micro, micro_target):
     before, after = suite.run(micro[0]), suite.run(u)
     assert after["completion"].mean_nll > before["completion"].mean_nll + 0.2
     assert u.info["method"]["anchored_labels"] > 0
+
+
+def test_whp_anchor_order_is_longest_first_then_by_name():
+    # the order used to follow set iteration (string hashing), so whp's weights changed with
+    # PYTHONHASHSEED; ten equal-length names make an accidental match all but impossible
+    from types import SimpleNamespace
+
+    from unlearn_audit.methods.whp import anchors_of
+    from unlearn_audit.world import QA
+
+    names = [f"Name{c}" for c in "qwertyuiop"] + ["Longer Name"]
+    qa = [QA(f"Who is {n}?", "x", "qa", n, "job") for n in names]
+    assert anchors_of(SimpleNamespace(all_forget_qa=qa)) == ["Longer Name"] + sorted(names[:-1])

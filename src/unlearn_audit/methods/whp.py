@@ -56,7 +56,9 @@ def anchors_of(target) -> list[str]:
     """Names to anchor: the entities, the concept and its members' cities (built-in world only)."""
     names = {q.entity for q in target.all_forget_qa if q.entity}
     names |= {q.answer for q in target.all_forget_qa if q.attribute in ("concept", "birthplace")}
-    return sorted(names, key=len, reverse=True)
+    # longest first (a name inside a longer one is replaced as part of it); ties by name, so the
+    # order never depends on the set's string hashing (PYTHONHASHSEED)
+    return sorted(names, key=lambda name: (-len(name), name))
 
 
 def _generic_name(tokenizer, n_tokens: int, rng: random.Random, tries: int = 200) -> str | None:
