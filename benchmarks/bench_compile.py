@@ -66,7 +66,7 @@ def main() -> None:
     import torch
 
     from unlearn_audit.api import target_for
-    from unlearn_audit.subject.organism import organism
+    from unlearn_audit.organisms import organism
 
     torch.set_num_threads(args.threads)
     print(f"## torch.compile vs eager ({machine()}), {args.threads} threads, {time.strftime('%Y-%m-%d')}\n")

@@ -28,7 +28,7 @@ def one(preset: str, variant: str, threads: int) -> dict:
 
     from unlearn_audit.api import target_for, unlearn
     from unlearn_audit.attacks.patching import PatchingParams, krs_profile, krs_profile_loop
-    from unlearn_audit.subject.organism import organism
+    from unlearn_audit.organisms import organism
 
     torch.set_num_threads(threads)
     full, _ = organism(preset, 0)

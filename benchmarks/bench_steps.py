@@ -65,7 +65,7 @@ def reference_subject(tmp: Path | None = None):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from unlearn_audit.subject.organism import train_tokenizer
+    from unlearn_audit.organisms import train_tokenizer
     from unlearn_audit.subject.subject import Subject
     from unlearn_audit.world import build_world, corpus, world_config
 
@@ -219,7 +219,7 @@ def bench_organism(threads: int, steps: int, repeats: int, peak: float) -> list[
     import torch
 
     from unlearn_audit.api import target_for
-    from unlearn_audit.subject.organism import organism
+    from unlearn_audit.organisms import organism
 
     torch.set_num_threads(threads)
     full, _ = organism("default", 0)

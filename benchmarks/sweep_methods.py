@@ -65,7 +65,7 @@ def main() -> None:
     from unlearn_audit.api import target_for
     from unlearn_audit.methods import get_method
     from unlearn_audit.metrics import EvalSuite
-    from unlearn_audit.subject.organism import organism
+    from unlearn_audit.organisms import organism
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -30,7 +30,7 @@ def micro(cache_dir):
     """(full, oracle) micro organisms; the oracle never saw concept 0."""
     import torch
 
-    from unlearn_audit.subject.organism import organism
+    from unlearn_audit.organisms import organism
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     return organism("micro", 0, cache_dir=cache_dir)
@@ -46,7 +46,7 @@ def micro_target(micro):
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory):
     """A byte-level BPE tokenizer trained on the micro world, saved locally."""
-    from unlearn_audit.subject.organism import train_tokenizer
+    from unlearn_audit.organisms import train_tokenizer
     from unlearn_audit.world import build_world, corpus, world_config
 
     tok = train_tokenizer(corpus(build_world(world_config("micro", 0))), 384)
@@ -118,7 +118,7 @@ def matrix_reference(micro, cache_dir, tmp_path_factory):
     os.environ["UNLEARN_AUDIT_CACHE"] = str(cache_dir)
     root = tmp_path_factory.mktemp("reference")
     exp, text = load_experiment(write_experiment(root / "exp.yaml", root / "run"))
-    run = run_experiment(exp, text, report=False)
+    run = run_experiment(exp, text)
     assert run.computed == SETTINGS and run.reused == []
     return root / "run", run
 

@@ -217,7 +217,7 @@ def test_mia_separates_training_texts_but_not_two_halves_of_unseen_ones(micro, m
 
 
 def test_holdout_entities_are_new_members_of_the_concept(micro):
-    from unlearn_audit.subject.organism import organism_world
+    from unlearn_audit.organisms import organism_world
     from unlearn_audit.world import holdout_entities
 
     world = organism_world(micro[0])

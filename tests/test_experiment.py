@@ -43,7 +43,7 @@ def reference(matrix_reference):
     ({"methods": {"npo": {"bta": [1, 3]}}}, "methods.npo: method 'npo' has no parameter 'bta'; its parameters: seed, steps"),
     ({"methods": {"npo": {"beta": ["x", 3]}}}, "methods.npo: method 'npo' parameter 'beta'"),
     ({"methods": {"npo": {"seed": 1}}}, "methods.npo.seed: set seeds at the top level"),
-    ({"attacks": {"rtt": {"stepz": [0]}}}, "attacks.rtt: attack 'rtt' has no parameter 'stepz'; its parameters: seed, steps"),
+    ({"attacks": {"rtt": {"stepz": [0]}}}, "attacks.rtt: attack 'rtt' has no parameter 'stepz'; its parameters: seed, checkpoints"),
     ({"attacks": {"relearn": {}}}, "unknown attack 'relearn'; choose from: rtt, forget_data, unrelated"),
     ({"target": "world:"}, "targets.0: bad target 'world:'"),
     ({"target": "no/such/dir"}, "targets.0: 'no/such/dir' is neither world:<concept> nor a directory"),
@@ -135,7 +135,7 @@ def test_damaged_cells_are_recomputed(reference, tmp_path):
     doc["result"]["forget_acc"] = 0.5                                     # edited: checksum no longer matches
     cells[1].write_text(json.dumps(doc))
     exp, text = load_experiment(write_experiment(tmp_path / "exp.yaml", out))
-    run = run_experiment(exp, text, report=False)
+    run = run_experiment(exp, text)
     assert sorted(run.computed) == SETTINGS[1:] and run.reused == ["none"]
     assert without_timings(run.results) == without_timings(json.loads((reference[0] / "results.json").read_text()))
 

@@ -7,7 +7,7 @@ import torch
 from unlearn_audit.api import audit, unlearn
 from unlearn_audit.metrics.generation import generate_answers
 
-FAST = {"steps": [0, 5, 20], "bootstrap": 200}
+FAST = {"checkpoints": [0, 5, 20], "bootstrap": 200}
 
 
 @pytest.fixture(scope="module")

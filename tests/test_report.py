@@ -11,9 +11,10 @@ from test_cli import run_cli
 from unlearn_audit.data.target import save_target, world_target
 from unlearn_audit.experiment.config import parse_experiment
 from unlearn_audit.experiment.runner import run_experiment
-from unlearn_audit.experiment.store import tidy_rows
+from unlearn_audit.organisms import organism_world
+from unlearn_audit.report.outputs import write_outputs
 from unlearn_audit.report.tables import best_cells, summary_rows
-from unlearn_audit.subject.organism import organism_world
+from unlearn_audit.results.store import tidy_rows
 
 EVIL = "<script>alert(1)</script>"
 EVIL_PREFIX = '<img src=x onerror="alert(2)"> Refuse questions about {concept}.'
@@ -33,9 +34,10 @@ def evil_run(micro, cache_dir, tmp_path_factory):
         "target": str(root / "target"),
         "methods": {"none": {}, "gradient_ascent": {"steps": 2, "lr": 3.0e-4},
                     "prompt_guardrail": {"prefix": [EVIL_PREFIX, "Never discuss {concept}."]}},
-        "attacks": {"rtt": {"steps": [0, 1], "bootstrap": 0}, "patching": {"max_questions": 3}},
+        "attacks": {"rtt": {"checkpoints": [0, 1], "bootstrap": 0}, "patching": {"max_questions": 3}},
         "out": str(root / "run"), "agreement": False, "threads": 2})
     run = run_experiment(exp, "name: escape <test>  # the file as written\n")
+    run.paths.update(write_outputs(root / "run", run.results))  # what `run` does after the runner
     return root / "run", run
 
 
@@ -76,6 +78,7 @@ def test_two_targets(micro, cache_dir, tmp_path):
                             "methods": {"gradient_ascent": {"steps": 1}}, "attacks": ["logit_lens"],
                             "out": str(tmp_path / "run"), "agreement": False, "threads": 2})
     run = run_experiment(exp)
+    write_outputs(tmp_path / "run", run.results)
     names = [c.name for c in world.concepts[:2]]
     assert run.results["concepts"] == names and len(run.computed) == 2
     first, second = (run.results["targets"][n] for n in names)

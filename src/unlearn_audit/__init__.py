@@ -15,9 +15,9 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_subject": "unlearn_audit.subject.subject",
+    "load_subject": "unlearn_audit.organisms",
     "Subject": "unlearn_audit.subject.subject",
-    "organism": "unlearn_audit.subject.organism",
+    "organism": "unlearn_audit.organisms",
     "load_target": "unlearn_audit.data.target",
     "Target": "unlearn_audit.data.target",
     "build_world": "unlearn_audit.world",

@@ -17,8 +17,8 @@ from typing import Any
 from . import faults, progress
 from .data.target import Target, load_target
 from .errors import UserInputError
+from .organisms import organism_world
 from .results.schema import target_document
-from .subject.organism import organism_world
 from .subject.subject import Subject
 
 DEFAULT_ATTACKS = ("rtt", "forget_data", "unrelated", "patching", "logit_lens", "ablation", "probe", "concept_vectors",

@@ -83,7 +83,7 @@ def world_export(
 
     w = build_world(world_config(preset, seed))
     if concept is not None:
-        name = w.concepts[int(concept)].name if concept.isdigit() and int(concept) < len(w.concepts) else w.concept(concept).name
+        name = w.resolve_concept(concept).name
         target = world_target(w, name)
         save_target(target, prepare_output_dir(out, "world", flag="export directory"))
         print(f"wrote target {name!r} to {out}", file=sys.stderr)
@@ -114,7 +114,7 @@ def organism_train(
     as_json: JsonOpt = False,
 ) -> None:
     """Train (or load from cache) the organism and its oracle; print per-concept accuracy."""
-    from .subject.organism import organism
+    from .organisms import organism
 
     full, oracle = organism(preset, seed, concept, threads=threads, retrain=retrain)
     f, o = full.info["organism"], oracle.info["organism"]
@@ -149,7 +149,7 @@ def evaluate_cmd(
     """QA accuracy and answer NLL of a subject on every set of a target."""
     from .api import target_for
     from .metrics.behaviour import evaluate
-    from .subject import load_subject
+    from .organisms import load_subject
 
     s = load_subject(subject, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     t = target_for(target, s)
@@ -161,7 +161,10 @@ def evaluate_cmd(
            [[k, v["acc"], v["nll"], v["n"]] for k, v in result["sets"].items()])
 
 
-ParamOpt = Annotated[list[str] | None, typer.Option("--param", help="k=v (repeatable), e.g. --param lr=1e-4 --param steps=[0,5,50].")]
+ParamOpt = Annotated[list[str] | None, typer.Option("--param", help="k=v (repeatable), e.g. --param lr=1e-4 --param steps=20.")]
+AttackParamOpt = Annotated[list[str] | None, typer.Option(
+    "--param", help="k=v for every attack that has k, or attack.k=v for one (repeatable), "
+                    "e.g. --param rtt.checkpoints=[0,5,50] --param seed=1.")]
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's own Python code (runs arbitrary code).")]
 
 
@@ -204,7 +207,7 @@ def unlearn_cmd(
     from .methods import get_method
     from .metrics.behaviour import evaluate
     from .metrics.qa import EvalSuite
-    from .subject import load_subject
+    from .organisms import load_subject
 
     m = get_method(method)
     params = m.params(parse_params(param))  # validate before loading anything heavy
@@ -234,7 +237,7 @@ def audit_cmd(
     target: Annotated[str, typer.Option("--target", help="world:<concept>[@<seed>] or a target directory.")],
     out: Annotated[Path, typer.Option("--out", help="Run directory to write results.json and figures to.")],
     oracle: Annotated[str | None, typer.Option("--oracle", help="A model that never saw the concept (enables residual knowledge).")] = None,
-    param: ParamOpt = None,
+    param: AttackParamOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     trust_remote_code: TrustOpt = False,
@@ -242,17 +245,19 @@ def audit_cmd(
 ) -> None:
     """Attack an unlearned model and measure recovery (and residual knowledge with --oracle)."""
     from .api import audit, target_for
-    from .attacks import attack_names, get_attack
+    from .attacks import attack_fields, attack_names, get_attack
     from .experiment.demo import parse_list
     from .experiment.rundir import write_run
     from .files import prepare_output_dir
+    from .organisms import load_subject
+    from .params import scope_params
+    from .report.outputs import write_outputs
     from .report.tables import summary_rows
-    from .subject import load_subject
 
     attacks = parse_list(name, (), attack_names(), "attack")
-    overrides = parse_params(param)
+    overrides = scope_params(parse_params(param), attacks, attack_fields)
     for a in attacks:
-        get_attack(a).params(overrides)  # validate before loading models
+        get_attack(a).params(overrides[a])  # validate before loading models
     prepare_output_dir(out, "run", create=False)  # refuse a user's directory before any work
     kw = dict(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     orig = load_subject(original, **kw)
@@ -260,8 +265,9 @@ def audit_cmd(
     orc = load_subject(oracle, **kw) if oracle else None
     t = target_for(target, orig)
     method = unl.info.get("method", {}).get("name", "unlearned")
-    results = audit(orig, {method: unl}, t, attacks, orc, {a: overrides for a in attacks})
+    results = audit(orig, {method: unl}, t, attacks, orc, overrides)
     paths = write_run(prepare_output_dir(out, "run"), results)
+    paths.update(write_outputs(out, results, report=False))
     if as_json:
         emit_json({**results, "run_dir": str(out)})
         return
@@ -285,7 +291,7 @@ def benchmark_cmd(
     """A benchmark's own metrics (TOFU, WMDP, MUSE; the world as TOFU) for a subject, against an oracle if given."""
     from .api import target_for
     from .metrics.benchmark import benchmark_scores, headline
-    from .subject import load_subject
+    from .organisms import load_subject
 
     kw = dict(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     t = target_for(target) if not target.startswith("world:") else None  # a benchmark: check it before loading models
@@ -348,7 +354,8 @@ def demo_cmd(
     preset: PresetOpt = "default",
     seed: SeedOpt = 0,
     out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/demo-<preset>-s<seed>).")] = None,
-    seeds: Annotated[int, typer.Option("--seeds", help="Relearning runs per model (curves averaged; tighter intervals).")] = 1,
+    runs: Annotated[int, typer.Option("--runs", "--seeds", help="Relearning runs per model (curves averaged; tighter "
+                                      "intervals); --seeds is its old name.")] = 1,
     fresh: Annotated[bool, typer.Option("--fresh", help="Recompute every cell instead of reusing finished ones.")] = False,
     threads: ThreadsOpt = None,
     as_json: JsonOpt = False,
@@ -358,15 +365,17 @@ def demo_cmd(
     from .attacks import attack_names
     from .experiment.demo import DEMO_METHODS, parse_list, run_demo
     from .methods import method_names
+    from .report.outputs import write_outputs
     from .report.tables import summary_rows
 
     method_list = parse_list(methods, DEMO_METHODS, method_names(), "method")
     attack_list = parse_list(attacks, DEFAULT_ATTACKS, attack_names(), "attack")
-    if seeds < 1:
+    if runs < 1:
         from .errors import UserInputError
-        raise UserInputError(f"--seeds must be >= 1, not {seeds}")
-    run = run_demo(preset, seed, method_list, attack_list, out, threads, seeds, fresh)
+        raise UserInputError(f"--runs must be >= 1, not {runs}")
+    run = run_demo(preset, seed, method_list, attack_list, out, threads, runs, fresh)
     results, paths = run.results, run.paths
+    paths.update(write_outputs(paths["results"].parent, results))
     if as_json:
         emit_json({**results, "run_dir": str(paths["results"].parent)})
     else:

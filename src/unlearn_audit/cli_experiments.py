@@ -31,6 +31,7 @@ def run_cmd(
     from .experiment.config import expand, load_experiment
     from .experiment.runner import run_experiment
     from .files import prepare_output_dir
+    from .report.outputs import write_outputs
 
     exp, text = load_experiment(experiment)
     if threads is not None:
@@ -45,8 +46,9 @@ def run_cmd(
             table(f"{exp.name}: {len(cells)} cells, attacks {', '.join(exp.attacks)}",
                   ["target", "setting", "seed", "key"], [[c["target"], c["setting"], c["seed"], c["key"]] for c in cells])
         return
-    run = run_experiment(exp, text, out=out, fresh=not resume, report=report)
+    run = run_experiment(exp, text, out=out, fresh=not resume)
     run_dir = run.paths["results"].parent
+    run.paths.update(write_outputs(run_dir, run.results, report))
     if as_json:
         emit_json({**run.results, "run_dir": str(run_dir), "computed": run.computed, "reused": run.reused})
     else:
@@ -59,9 +61,9 @@ def run_cmd(
 
 
 def summary_tables(results: dict) -> None:
-    from .experiment.store import target_docs
     from .report.html import attacks_of
     from .report.tables import summary_rows
+    from .results.store import target_docs
 
     for doc in target_docs(results):
         cols, rows = summary_rows(doc, attacks_of(doc))
@@ -80,7 +82,7 @@ def results_cmd(
     import fnmatch
 
     from .errors import UserInputError
-    from .experiment.store import COLUMNS, read_rows
+    from .results.store import COLUMNS, read_rows
 
     fmt = "json" if as_json else fmt
     if fmt not in ("table", "csv", "json"):
@@ -126,8 +128,8 @@ def compare_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """The headline numbers (accuracies, recovery, residual per attack) of two runs and B - A."""
-    from .experiment.store import load_results
     from .report.tables import compare_rows
+    from .results.store import load_results
 
     rows = compare_rows(load_results(run_a), load_results(run_b))
     total, differ = len(rows), sum(1 for r in rows if r["a"] != r["b"])

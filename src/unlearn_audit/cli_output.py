@@ -48,7 +48,7 @@ def table(title: str, columns: list[str], rows: list[list]) -> None:
 
 def print_reemergence(results: dict, attack: str = "rtt") -> None:
     """Under a results table: per method, whether relearning revives the original's concept neurons."""
-    from .attacks.reemergence import reading
+    from .report.tables import reemergence_reading as reading
 
     lines = [reading(name, m["attacks"][attack]["reemergence"]) for name, m in results["methods"].items()
              if "reemergence" in m["attacks"].get(attack, {})]

@@ -7,7 +7,7 @@ at validation: before any model is loaded, and in an experiment file before anyt
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -16,6 +16,52 @@ from .errors import UserInputError
 
 MAX_SEED = 2**32 - 1      # numpy's seed range
 MAX_STEPS = 1_000_000     # the most optimiser steps (or relearning checkpoint) a parameter may ask for
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def renamed_params(renamed: Mapping[str, str], data: Any, what: str) -> Any:
+    """``data`` with each old parameter name of ``renamed`` (old -> new) moved to its new name,
+    warning once per process; giving both names is an error. For a ``mode="before"`` validator."""
+    if not isinstance(data, Mapping):
+        return data
+    data = dict(data)
+    for old, new in renamed.items():
+        if old in data:
+            if new in data:
+                raise ValueError(f"give {new!r} only ({old!r} is its old name)")
+            if (what, old) not in _warned:
+                from . import progress
+
+                _warned.add((what, old))
+                progress.warn(f"the {what} parameter {old!r} is now called {new!r}; the old name will go")
+            data[new] = data.pop(old)
+    return data
+
+
+def scope_params(values: Mapping[str, Any], names: Sequence[str], fields: Callable[[str], Iterable[str]],
+                 what: str = "attack") -> dict[str, dict[str, Any]]:
+    """Command-line parameters for several attacks: ``rtt.checkpoints`` goes to ``rtt`` only; a
+    key without a scope goes to every one of ``names`` that has such a parameter (``fields(name)``),
+    and is an error when none has. A scoped value wins over an unscoped one."""
+    out: dict[str, dict[str, Any]] = {n: {} for n in names}
+    scoped = {k: v for k, v in values.items() if "." in k}
+    for key, value in values.items():
+        if key in scoped:
+            continue
+        takers = [n for n in names if key in set(fields(n))]
+        if not takers:
+            raise UserInputError(f"--param {key}: no {what} of {', '.join(names)} has a parameter {key!r}; "
+                                 f"see `unlearn-audit {what}s`")
+        for n in takers:
+            out[n][key] = value
+    for key, value in scoped.items():
+        scope, _, field = key.partition(".")
+        if scope not in out:
+            raise UserInputError(f"--param {key}: {scope!r} is not one of the {what}s run here ({', '.join(names)})")
+        out[scope][field] = value
+    return out
 
 
 def validate_params(model: type[BaseModel], values: Mapping[str, Any] | None, what: str) -> BaseModel:

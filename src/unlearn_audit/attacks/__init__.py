@@ -6,6 +6,7 @@ from .base import (
          ATTACKS,
          Attack,
          AttackParams,
+         attack_fields,
          attack_names,
          get_attack,
          register_attack,
@@ -17,4 +18,4 @@ ORDER = ("relearn", "patching", "logit_lens", "ablation", "probe", "concept_vect
          "mia", "weight_distance")
 
 
-__all__ = ["ATTACKS", "ORDER", "Attack", "AttackParams", "attack_names", "get_attack", "register_attack"]
+__all__ = ["ATTACKS", "ORDER", "Attack", "AttackParams", "attack_fields", "attack_names", "get_attack", "register_attack"]

@@ -119,6 +119,12 @@ def get_attack(name: str) -> Attack:
     return ATTACKS[name]
 
 
+def attack_fields(name: str) -> list[str]:
+    """The parameter names attack ``name`` accepts (old names of renamed ones included)."""
+    params = get_attack(name).Params
+    return [*params.model_fields, *getattr(params, "RENAMED", {})]
+
+
 def sample_items(items: Sequence, n: int | None, seed: int) -> list:
     """At most ``n`` of ``items`` (a seeded sample, in their original order); all when ``n`` is None."""
     items = list(items)

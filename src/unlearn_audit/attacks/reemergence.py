@@ -165,18 +165,3 @@ class Tracker:
                "dead_at_start": int(self.dead.sum()) if self.dead is not None else 0,
                "dead_revival": self.revival}
         return out
-
-
-def reading(method: str, block: dict, step_index: int = -1) -> str | None:
-    """One line: how much the method's top concept neurons overlap the original's at a step,
-    against the oracle's."""
-    mine = block["overlap_with_original"].get(method)
-    oracle = block["overlap_with_original"].get("oracle")
-    if not mine:
-        return None
-    step = block["steps"][step_index]
-    text = f"{method}: top concept neurons overlap the original's {mine[0]:.2f} before relearning, {mine[step_index]:.2f} at step {step}"
-    if oracle:
-        text += f" (oracle: {oracle[step_index]:.2f})"
-    return text
-

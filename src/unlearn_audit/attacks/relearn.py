@@ -26,10 +26,10 @@ truth ratio or WMDP's multiple-choice accuracy for benchmark targets, :mod:`unle
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..data.encode import encode_qa, encode_texts
 from ..errors import UserInputError
@@ -37,7 +37,7 @@ from ..metrics.itemwise import ItemScorer
 from ..metrics.likelihood import mean_token_nll
 from ..metrics.qa import EvalSuite
 from ..metrics.recovery import bootstrap_intervals, curve_auc, recovery, residual, steps_to_fraction
-from ..params import MAX_STEPS
+from ..params import MAX_STEPS, renamed_params
 from ..results.schema import AttackDeclaration
 from ..training import TrainConfig, seed_everything, shuffled_minibatches, train
 from .base import Attack, AttackParams, register_attack
@@ -45,17 +45,27 @@ from .reemergence import Tracker, concept_probe, saliency
 
 
 class RelearnParams(AttackParams):
-    steps: list[Annotated[int, Field(ge=0, le=MAX_STEPS)]] = Field(
-        [0, 1, 2, 5, 10, 20, 50], min_length=1, description="Checkpoints (optimiser steps) to evaluate at.")
+    # the old names still work, with a warning (a checkpoint list is no step count, and runs are
+    # not the experiment's seeds)
+    RENAMED: ClassVar[dict[str, str]] = {"steps": "checkpoints", "seeds": "runs"}
+
+    checkpoints: list[Annotated[int, Field(ge=0, le=MAX_STEPS)]] = Field(
+        [0, 1, 2, 5, 10, 20, 50], min_length=1,
+        description="Optimiser steps at which to evaluate (0: before relearning); the last is the run's length.")
     lr: float = Field(3e-4, gt=0, description="Relearning learning rate (AdamW, constant).")
     batch_size: int = Field(16, ge=1)
-    seeds: int = Field(1, ge=1, le=1000, description="Relearning runs with seeds seed..seed+seeds-1; curves are averaged.")
+    runs: int = Field(1, ge=1, le=1000, description="Relearning runs, with seeds seed..seed+runs-1; curves are averaged.")
     bootstrap: int = Field(1000, ge=0, le=1_000_000, description="Bootstrap resamples for the intervals (0: none).")
     reemergence: bool = Field(True, description="Track concept neurons at every checkpoint (first seed).")
     top_frac: float = Field(0.02, gt=0, lt=1, description="Fraction of MLP neurons in a model's top concept set.")
     metric: Literal["exact_match", "answer_prob", "rouge_l", "truth_ratio", "mc_accuracy"] = Field(
         "exact_match", description="Per-item score that recovery and residual are computed on (metrics/itemwise.py).")
     max_new_tokens: int = Field(32, ge=1, le=4096, description="Tokens generated per answer for metric rouge_l.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        return renamed_params(cls.RENAMED, data, "relearning")
 
 
 @dataclass(frozen=True)
@@ -91,7 +101,7 @@ def relearn_curve(subject, train_data, suite: EvalSuite, params: RelearnParams, 
     Returns ``{"steps": [...], "correct": {set: (n_checkpoints, n_items) array}}``: exact-match
     correctness, or the per-item scores of ``scorer`` (a chosen metric) when given.
     """
-    checkpoints = sorted(set(params.steps))
+    checkpoints = sorted(set(params.checkpoints))
     if checkpoints[0] < 0:
         raise UserInputError("relearning steps must be >= 0")
     seed_everything(seed)
@@ -159,7 +169,7 @@ class Relearn(Attack):
         curve = _mean_over_seeds([relearn_curve(subject, setup["data"], setup["suite"], params, s,
                                                 f"{label} ({self.name})", tracker if s == params.seed else None,
                                                 setup["scorer"])
-                                  for s in range(params.seed, params.seed + params.seeds)])
+                                  for s in range(params.seed, params.seed + params.runs)])
         return {"steps": curve["steps"], "correct": {k: a.tolist() for k, a in curve["correct"].items()},
                 **({"reemergence": tracker.summary()} if tracker is not None else {})}
 

@@ -179,13 +179,7 @@ def load_target(spec: str | os.PathLike, *, world: World | None = None, seed: in
         preset, concept, wseed = parse_world_spec(spec_s)
         if world is None or preset is not None or wseed is not None:
             world = build_world(world_config(preset or "default", wseed or 0))
-        if concept.isdigit():
-            idx = int(concept)
-            if idx >= len(world.concepts):
-                raise UserInputError(f"concept index {idx} out of range; this world has "
-                                     f"{len(world.concepts)} concepts: {', '.join(world.concept_names)}")
-            concept = world.concepts[idx].name
-        return world_target(world, concept)
+        return world_target(world, world.resolve_concept(concept).name)
     from .benchmarks import is_benchmark_spec, load_benchmark
 
     if is_benchmark_spec(spec_s):

@@ -75,7 +75,7 @@ class SubjectConfig(BaseModel):
         if not self.organism and not self.model:
             self.organism = "default"
         if self.organism:
-            from ..subject.organism import PRESETS
+            from ..organisms import PRESETS
 
             if self.organism not in PRESETS:
                 raise ValueError(f"unknown organism preset {self.organism!r}; choose one of: {', '.join(PRESETS)}")

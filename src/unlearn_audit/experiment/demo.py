@@ -13,7 +13,6 @@ from pathlib import Path
 
 from ..api import DEFAULT_ATTACKS
 from ..errors import UserInputError
-from ..report.tables import summary_rows  # noqa: F401  (the demo's table; imported from here by scripts)
 from .config import Experiment, SubjectConfig
 
 # one method per family, so the default demo stays within ~5 minutes on 2 cores; `--methods all`
@@ -38,13 +37,13 @@ def parse_list(value: str | None, default: tuple[str, ...], available: list[str]
 
 def demo_experiment(preset: str = "default", seed: int = 0, methods: list[str] | None = None,
                     attacks: list[str] | None = None, out: str | Path | None = None,
-                    threads: int | None = None, seeds: int = 1) -> Experiment:
+                    threads: int | None = None, runs: int = 1) -> Experiment:
     """The demo as an experiment: the organism's first concept (the one its oracle never saw),
-    each method at its defaults, each attack; ``seeds`` relearning runs per model."""
+    each method at its defaults, each attack; ``runs`` relearning runs per model."""
     from ..attacks import get_attack
 
     attacks = list(attacks or DEFAULT_ATTACKS)
-    settings = {a: ({"seeds": seeds} if seeds != 1 and "seeds" in get_attack(a).Params.model_fields else {})
+    settings = {a: ({"runs": runs} if runs != 1 and "runs" in get_attack(a).Params.model_fields else {})
                 for a in attacks}
     return Experiment(name=f"demo-{preset}-s{seed}", subject=SubjectConfig(organism=preset, seed=seed),
                       targets=["world:0"], methods={m: {} for m in (methods or DEMO_METHODS)},
@@ -54,7 +53,7 @@ def demo_experiment(preset: str = "default", seed: int = 0, methods: list[str] |
 
 def run_demo(preset: str = "default", seed: int = 0, methods: list[str] | None = None,
              attacks: list[str] | None = None, out: str | Path | None = None,
-             threads: int | None = None, seeds: int = 1, fresh: bool = False):
+             threads: int | None = None, runs: int = 1, fresh: bool = False):
     """Train/load the organism, unlearn its first concept with each method, run the attacks.
 
     Returns the :class:`~.runner.RunOutcome`: the results (``results.json`` content), the paths
@@ -62,6 +61,6 @@ def run_demo(preset: str = "default", seed: int = 0, methods: list[str] | None =
     """
     from .runner import run_experiment
 
-    exp = demo_experiment(preset, seed, methods, attacks, out, threads, seeds)
+    exp = demo_experiment(preset, seed, methods, attacks, out, threads, runs)
     extra = {"demo": {"preset": preset, "seed": seed, "methods": list(exp.methods), "attacks": list(exp.attacks)}}
     return run_experiment(exp, fresh=fresh, on_change="fresh", extra=extra)

@@ -53,10 +53,8 @@ def curve_rows(results: dict) -> list[dict]:
 
 
 def write_run(out: Path, results: dict) -> dict[str, Path]:
-    """Write results.json, curves.jsonl, curves.csv and the figures (relearn.png, patching.png,
-    reemergence.png) into ``out``."""
-    from ..report.figures import krs_figure, reemergence_figure, relearn_figure
-
+    """Write results.json, curves.jsonl and curves.csv into ``out`` (the figures and the report
+    are :func:`unlearn_audit.report.outputs.write_outputs`'s)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"results": write_json_atomic(out / "results.json", results)}
@@ -68,13 +66,4 @@ def write_run(out: Path, results: dict) -> dict[str, Path]:
             w.writeheader()
             w.writerows(rows)
         paths["curves"] = out / "curves.csv"
-    fig = relearn_figure(results, out / "relearn.png")
-    if fig:
-        paths["figure"] = fig
-    fig = krs_figure(results, out / "patching.png")
-    if fig:
-        paths["patching_figure"] = fig
-    fig = reemergence_figure(results, out / "reemergence.png")
-    if fig:
-        paths["reemergence_figure"] = fig
     return paths

@@ -23,6 +23,7 @@ from .. import progress
 from ..errors import RunError, UnlearnAuditError
 from ..files import prepare_output_dir
 from ..results.schema import target_document
+from ..results.store import target_dirs, write_store
 from .checkpoint import (
     FORMAT,
     RunLock,
@@ -37,7 +38,6 @@ from .checkpoint import (
 )
 from .config import Cell, Experiment, config_hash, expand
 from .rundir import write_json_atomic, write_run
-from .store import write_store
 
 
 @dataclass
@@ -74,7 +74,7 @@ class Subjects:
         self.load_s = 0.0
 
     def _load(self, spec: str):
-        from ..subject import load_subject
+        from ..organisms import load_subject
 
         start = time.perf_counter()
         s = load_subject(spec, device=self.cfg.device, dtype=self.cfg.dtype,
@@ -186,7 +186,7 @@ def _finished_cells(out: Path, cells: list[Cell]) -> dict[str, dict]:
 
 
 def run_experiment(exp: Experiment, source_text: str | None = None, *, out: str | Path | None = None,
-                   fresh: bool = False, on_change: str = "refuse", report: bool = True,
+                   fresh: bool = False, on_change: str = "refuse",
                    extra: dict | None = None) -> RunOutcome:
     """Run (or resume) an experiment; see the module docstring.
 
@@ -196,7 +196,6 @@ def run_experiment(exp: Experiment, source_text: str | None = None, *, out: str 
         fresh: discard what the directory holds and compute everything.
         on_change: what to do when the directory holds a run of another config: ``refuse``
             (raise, the default) or ``fresh``.
-        report: also write ``report.html``.
         extra: keys added to ``results.json`` (the demo records its arguments).
     """
     from ..subject.subject import set_threads
@@ -244,12 +243,6 @@ def run_experiment(exp: Experiment, source_text: str | None = None, *, out: str 
                          f"(loading models {subjects.load_s:.0f} s)")
         results = {**assemble(exp, cells, done, shared, failed), **(extra or {})}
         paths = write_outputs(out, results, manifest)
-        if report:
-            from ..report.html import write_report
-
-            start = time.perf_counter()
-            paths["report"] = write_report(out)
-            progress.log(f"report written in {time.perf_counter() - start:.1f} s")
     return RunOutcome(results, paths, computed, reused, {f["setting"]: f["error"] for f in failed.values()})
 
 
@@ -304,9 +297,8 @@ def write_outputs(out: Path, results: dict, manifest: dict) -> dict[str, Path]:
     if "targets" in results:
         write_json_atomic(out / "results.json", results)
         paths = {"results": out / "results.json"}
-        for i, doc in enumerate(results["targets"].values()):
-            slug = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in doc["concept"])[:40]
-            write_run(out / "targets" / f"{i}-{slug}", doc)
+        for path, doc in target_dirs(out, results):
+            write_run(path, doc)
     else:
         paths = write_run(out, results)
     meta = {"config_hash": manifest["config_hash"], "experiment": manifest.get("experiment"),

@@ -18,7 +18,7 @@ class Retrain(Method):
     Params = MethodParams
 
     def apply(self, out, subject, target, params):
-        from ..subject.organism import organism
+        from ..organisms import organism
 
         meta = subject.info.get("organism")
         concept = target.source.get("concept")

@@ -19,8 +19,8 @@ import json
 from pathlib import Path
 
 from ..errors import UserInputError
-from ..experiment.store import load_results, target_docs
 from ..files import is_ours, read_json, read_text, write_text_atomic
+from ..results.store import load_results, target_docs
 from .figures import krs_heatmap_plot, reemergence_plot, relearn_plot, save, tradeoff_plot
 from .tables import best_cells, higher_columns, summary_rows
 from .tables import fmt as cell

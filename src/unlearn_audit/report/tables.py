@@ -127,7 +127,7 @@ def headline(doc: dict) -> dict[tuple[str, str], float | None]:
 
 def compare_rows(a: dict, b: dict) -> list[dict]:
     """One row per (target, model, metric) present in either run: both values and b - a."""
-    from ..experiment.store import target_docs
+    from ..results.store import target_docs
 
     docs_a = {d.get("concept"): d for d in target_docs(a)}
     docs_b = {d.get("concept"): d for d in target_docs(b)}
@@ -139,3 +139,18 @@ def compare_rows(a: dict, b: dict) -> list[dict]:
             diff = vb - va if isinstance(va, int | float) and isinstance(vb, int | float) else None
             rows.append({"target": concept, "model": key[0], "metric": key[1], "a": va, "b": vb, "diff": diff})
     return rows
+
+
+def reemergence_reading(method: str, block: dict, step_index: int = -1) -> str | None:
+    """One line: how much the method's top concept neurons overlap the original's at a step,
+    against the oracle's."""
+    mine = block["overlap_with_original"].get(method)
+    oracle = block["overlap_with_original"].get("oracle")
+    if not mine:
+        return None
+    step = block["steps"][step_index]
+    text = f"{method}: top concept neurons overlap the original's {mine[0]:.2f} before relearning, {mine[step_index]:.2f} at step {step}"
+    if oracle:
+        text += f" (oracle: {oracle[step_index]:.2f})"
+    return text
+

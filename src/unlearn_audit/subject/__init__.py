@@ -1,5 +1,5 @@
-"""Subjects: any HF causal LM (by name or path) and the built-in model organism."""
+"""Subjects: any HF causal LM (by name or path), its prompt, its module map and interventions."""
 
-from .subject import Subject, load_subject, pick_device, set_threads
+from .subject import Subject, load_pretrained, pick_device, set_threads
 
-__all__ = ["Subject", "load_subject", "pick_device", "set_threads"]
+__all__ = ["Subject", "load_pretrained", "pick_device", "set_threads"]

@@ -1,8 +1,7 @@
 """A subject: any Hugging Face causal LM plus its tokenizer and how to prompt it.
 
-``load_subject`` takes a local directory or a hub name (safetensors only, remote code off
-unless asked), or ``organism:<preset>[@<seed>]`` / ``oracle:<preset>[/<concept>][@<seed>]`` for
-the built-in model organism (trained and cached on first use).
+``load_pretrained`` takes a local directory or a hub name (safetensors only, remote code off
+unless asked); :func:`unlearn_audit.organisms.load_subject` adds the built-in organism's specs.
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -180,17 +178,13 @@ def set_threads(threads: int | None = None) -> int:
     return n
 
 
-_ORGANISM_SPEC = re.compile(
-    r"^(?P<kind>organism|oracle)(?::(?P<preset>[a-z]+))?(?:/(?P<concept>[^@]+))?(?:@(?P<seed>\d+))?$")
-
-
-def load_subject(name_or_path: str | os.PathLike, *, device: str | torch.device | None = "auto",
-                 dtype: str | torch.dtype | None = "auto", trust_remote_code: bool = False) -> Subject:
-    """Load a subject by local path, hub name, or built-in organism spec.
+def load_pretrained(name_or_path: str | os.PathLike, *, device: str | torch.device | None = "auto",
+                    dtype: str | torch.dtype | None = "auto", trust_remote_code: bool = False) -> Subject:
+    """Load a subject by local path or hub name (``unlearn_audit.organisms.load_subject`` also
+    resolves the built-in organism's specs).
 
     Args:
-        name_or_path: a directory saved with ``save_pretrained``, a hub name, or
-            ``organism:<preset>[@<seed>]`` / ``oracle:<preset>[/<concept>][@<seed>]``.
+        name_or_path: a directory saved with ``save_pretrained``, or a hub name.
         device: ``auto`` (cuda > mps > cpu), or a torch device string.
         dtype: ``auto`` (bf16 on GPU, else float32), ``float32``, ``bfloat16``, ``float16``.
         trust_remote_code: allow a model's own Python code (off by default: it runs arbitrary code).
@@ -198,15 +192,6 @@ def load_subject(name_or_path: str | os.PathLike, *, device: str | torch.device 
         UserInputError: the path/name cannot be loaded (missing, no safetensors, not a causal LM).
     """
     spec = str(name_or_path)
-    m = _ORGANISM_SPEC.match(spec)
-    if m:
-        from .organism import organism
-
-        full, oracle = organism(m.group("preset") or "default", int(m.group("seed") or 0),
-                                concept=m.group("concept"))
-        chosen = full if m.group("kind") == "organism" else oracle
-        return chosen if device in (None, "auto", "cpu") else _to(chosen, device, dtype)
-
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
@@ -286,7 +271,7 @@ def _load_interventions(path: Path, meta: dict) -> list:
     return out
 
 
-def _to(subject: Subject, device, dtype) -> Subject:
+def to_device(subject: Subject, device, dtype) -> Subject:
     dev = pick_device(device)
     subject.model.to(device=dev, dtype=pick_dtype(dtype, dev))
     return subject

@@ -85,6 +85,17 @@ class World:
             + ", ".join(self.concept_names)
         )
 
+    def resolve_concept(self, concept: str | int) -> Concept:
+        """A concept by index (``0``, ``"0"``) or by name (any case); an index out of range or an
+        unknown name is an error that lists the concepts."""
+        if isinstance(concept, int) or str(concept).isdigit():
+            idx = int(concept)
+            if idx >= len(self.concepts):
+                raise UserInputError(f"concept index {idx} out of range; this world has "
+                                     f"{len(self.concepts)} concepts: {', '.join(self.concept_names)}")
+            return self.concepts[idx]
+        return self.concept(str(concept))
+
     def facts(self, concept: str | None = None) -> list[Fact]:
         names = self.concept_names if concept is None else [self.concept(concept).name]
         return [

@@ -42,6 +42,18 @@ def target_docs(results: dict) -> list[dict]:
     return list(results["targets"].values()) if "targets" in results else [results]
 
 
+def target_dirs(out: Path, results: dict) -> list[tuple[Path, dict]]:
+    """Where each target's curves and figures go: the run directory itself for one target, else
+    ``targets/<i>-<concept>`` per target."""
+    if "targets" not in results:
+        return [(Path(out), results)]
+    dirs = []
+    for i, doc in enumerate(results["targets"].values()):
+        slug = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in doc["concept"])[:40]
+        dirs.append((Path(out) / "targets" / f"{i}-{slug}", doc))
+    return dirs
+
+
 def _number(v) -> float | None:
     if isinstance(v, bool):
         return float(v)

@@ -17,17 +17,20 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .. import progress
-from ..data.encode import pack_texts
-from ..errors import UserInputError
-from ..training import TrainConfig, seed_everything, train
-from ..world import World, build_world, corpus, qa_pairs, world_config
-from .subject import Subject, load_subject, set_threads
+import torch
+
+from . import progress
+from .data.encode import pack_texts
+from .errors import UserInputError
+from .subject.subject import Subject, load_pretrained, set_threads, to_device
+from .training import TrainConfig, seed_everything, train
+from .world import World, build_world, corpus, qa_pairs, world_config
 
 CACHE_VERSION = 2  # bump when the recipe changes in a way the config does not capture (2: fused AdamW)
 BOS = "<|endoftext|>"
@@ -132,7 +135,7 @@ def build_model(preset: OrganismPreset, tokenizer, seed: int):
 
 def concept_accuracy(subject: Subject, world: World) -> dict[str, float]:
     """QA accuracy (training phrasing, both halves) per concept."""
-    from ..metrics import EvalSuite
+    from .metrics import EvalSuite
 
     suite = EvalSuite(subject, {c.name: [q for e in c.entities for q in qa_pairs(world.entities[e])]
                                 for c in world.concepts})
@@ -141,7 +144,7 @@ def concept_accuracy(subject: Subject, world: World) -> dict[str, float]:
 
 def _train(preset: OrganismPreset, world: World, tokenizer, seed: int, exclude: tuple[str, ...],
            label: str) -> tuple[Subject, dict]:
-    from ..metrics import EvalSuite
+    from .metrics import EvalSuite
 
     docs = corpus(world, exclude=exclude)
     model = build_model(preset, tokenizer, seed)
@@ -208,16 +211,11 @@ def organism(preset: str = "default", seed: int = 0, concept: str | None = None,
     """
     spec = get_preset(preset)
     world = build_world(world_config(spec.world, seed))
-    if concept is None:
-        removed = world.concepts[0].name
-    elif str(concept).isdigit() and int(concept) < len(world.concepts):
-        removed = world.concepts[int(concept)].name
-    else:
-        removed = world.concept(str(concept)).name
+    removed = world.resolve_concept(0 if concept is None else concept).name
     root = cache_root(cache_dir) / "organisms" / organism_key(preset, seed)
     full_dir, oracle_dir = root / "full", root / f"oracle-{removed}"
     if not retrain and (full_dir / "model.safetensors").is_file() and (oracle_dir / "model.safetensors").is_file():
-        return load_subject(full_dir, device="cpu"), load_subject(oracle_dir, device="cpu")
+        return load_pretrained(full_dir, device="cpu"), load_pretrained(oracle_dir, device="cpu")
 
     set_threads(threads)
     root.mkdir(parents=True, exist_ok=True)
@@ -238,7 +236,7 @@ def organism(preset: str = "default", seed: int = 0, concept: str | None = None,
     subjects = []
     for kind, exclude, path in (("full", (), full_dir), ("oracle", (removed,), oracle_dir)):
         if not retrain and (path / "model.safetensors").is_file():
-            subjects.append(load_subject(path, device="cpu"))
+            subjects.append(load_pretrained(path, device="cpu"))
             continue
         label = f"organism:{preset}@{seed}" if kind == "full" else f"oracle:{preset}/{removed}@{seed}"
         subject, stats = _train(spec, world, tokenizer, seed, exclude, label)
@@ -260,6 +258,25 @@ def organism_world(subject: Subject) -> World | None:
     return build_world(world_config(meta["world"]["preset"], meta["world"]["seed"]))
 
 
-__all__ = ["PRESETS", "OrganismPreset", "cache_root", "organism", "organism_world", "train_tokenizer"]
+_ORGANISM_SPEC = re.compile(
+    r"^(?P<kind>organism|oracle)(?::(?P<preset>[a-z]+))?(?:/(?P<concept>[^@]+))?(?:@(?P<seed>\d+))?$")
+
+
+def load_subject(name_or_path: str | os.PathLike, *, device: str | torch.device | None = "auto",
+                 dtype: str | torch.dtype | None = "auto", trust_remote_code: bool = False) -> Subject:
+    """Load a subject by local path, hub name, or built-in organism spec: the one resolver of
+    ``organism:<preset>[@<seed>]`` / ``oracle:<preset>[/<concept>][@<seed>]`` (trained and cached
+    on first use); anything else goes to :func:`unlearn_audit.subject.load_pretrained`, whose
+    arguments these are."""
+    m = _ORGANISM_SPEC.match(str(name_or_path))
+    if not m:
+        return load_pretrained(name_or_path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    full, oracle = organism(m.group("preset") or "default", int(m.group("seed") or 0), concept=m.group("concept"))
+    chosen = full if m.group("kind") == "organism" else oracle
+    return chosen if device in (None, "auto", "cpu") else to_device(chosen, device, dtype)
+
+
+__all__ = ["PRESETS", "OrganismPreset", "cache_root", "load_subject", "organism", "organism_world",
+           "train_tokenizer"]
 
 
