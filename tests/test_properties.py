@@ -100,6 +100,9 @@ def test_curve_auc_is_a_mean_between_the_extremes(steps, data):
     values = data.draw(st.lists(st.floats(-2, 2), min_size=len(steps), max_size=len(steps)))
     auc = curve_auc(steps, values)
     assert min(values) - 1e-9 <= auc <= max(values) + 1e-9
+    # the trapezoid rule, written out: unevenly spaced checkpoints weigh by their spacing
+    area = sum((values[i] + values[i + 1]) / 2 * (steps[i + 1] - steps[i]) for i in range(len(steps) - 1))
+    assert auc == pytest.approx(area / (steps[-1] - steps[0]), abs=1e-9)
     assert curve_auc(steps, [values[0]] * len(steps)) == pytest.approx(values[0])
     assert curve_auc(steps, [*values[:-1], None]) is None
     assert curve_auc(steps[:1], values[:1]) is None
