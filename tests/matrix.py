@@ -9,7 +9,7 @@ MATRIX = {
     "subject": {"organism": "micro"},
     "target": "world:0",
     "methods": {"none": {}, "gradient_ascent": {"steps": [1, 2], "lr": 3.0e-4}},
-    "attacks": {"rtt": {"steps": [0, 1], "bootstrap": 20}, "logit_lens": {}},
+    "attacks": {"rtt": {"checkpoints": [0, 1], "bootstrap": 20}, "logit_lens": {}},
     "seeds": [0],
     "agreement": False,  # greedy generation for ROUGE/BLEU is the slowest part of evaluating
     "threads": 2,

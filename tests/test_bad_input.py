@@ -29,7 +29,7 @@ VALID = {
     "subject": {"organism": "micro"},
     "targets": ["TARGET"],
     "methods": {"none": {}, "gradient_ascent": {"steps": 2, "lr": 1.0e-4}},
-    "attacks": {"rtt": {"steps": [0, 1]}, "quantize": {"bits": [8]}},
+    "attacks": {"rtt": {"checkpoints": [0, 1]}, "quantize": {"bits": [8]}},
     "seeds": [0],
 }
 
@@ -215,10 +215,10 @@ def _exp(tmp: Path, target: Path, **changes) -> Path:
     ({"seeds": [-1]}, "seeds.0: Input should be greater than or equal to 0"),
     ({"methods": {"gradient_ascent": {"max_grad_norm": -1}}}, "'max_grad_norm': Input should be greater than 0"),
     ({"methods": {"gradient_ascent": {"steps": 10**20}}}, "'steps': Input should be less than or equal to 1000000"),
-    ({"attacks": {"rtt": {"steps": []}}}, "'steps': List should have at least 1 item"),
+    ({"attacks": {"rtt": {"checkpoints": []}}}, "'steps': List should have at least 1 item"),
     ({"attacks": {"quantize": {"bits": [16]}}}, "'bits.0': Input should be less than or equal to 8"),
     ({"attacks": {"quantize": {"bits": []}}}, "'bits': List should have at least 1 item"),
-    ({"attacks": {"rtt": {"steps": [-1, 5]}}}, "'steps.0': Input should be greater than or equal to 0"),
+    ({"attacks": {"rtt": {"checkpoints": [-1, 5]}}}, "'steps.0': Input should be greater than or equal to 0"),
     ({"attacks": {"in_context": {"variants": ["bogus"]}}}, "'variants.0': Input should be 'heldout'"),
     ({"attacks": {"weight_distance": {"alphas": [0.5]}}}, "give at least two different alphas"),
     ({"subject": {"organism": "micro", "device": "cuda"}}, "this torch build sees no CUDA GPU"),

@@ -67,7 +67,8 @@ def test_rtt_with_rouge_l_on_tofu_is_finite(micro, tofu_target):
     it, plays a perfectly unlearned model; RTT then relearns half the authors."""
     from dataclasses import replace
 
-    from unlearn_audit.audits import get_audit
+    from unlearn_audit.attacks import get_attack
+
     from unlearn_audit.data.encode import encode_qa
     from unlearn_audit.metrics.likelihood import mean_token_nll
     from unlearn_audit.training import TrainConfig, shuffled_minibatches, train
@@ -79,7 +80,7 @@ def test_rtt_with_rouge_l_on_tofu_is_finite(micro, tofu_target):
     data = encode_qa(original.tokenizer, small.all_forget_qa, original.prompt_template, original.answer_eos)
     train(original.model, lambda b: mean_token_nll(original.model, b),
           shuffled_minibatches(data, 16, 0), TrainConfig(steps=20, lr=3e-3, seed=0))
-    spec = get_audit("rtt")
+    spec = get_attack("rtt")
     params = spec.params({"metric": "rouge_l", "steps": [0, 3], "reemergence": False, "bootstrap": 0,
                           "max_new_tokens": 8, "lr": 3e-3})
     out = spec.run(original, {"none": full}, oracle, small, params)["methods"]["none"]
@@ -92,13 +93,13 @@ def test_rtt_with_rouge_l_on_tofu_is_finite(micro, tofu_target):
 def test_probe_on_tofu_unique_answers_uses_first_tokens(micro, tofu_target):
     from dataclasses import replace
 
-    from unlearn_audit.audits import get_audit
-    from unlearn_audit.audits.probe import first_token_items
+    from unlearn_audit.attacks import get_attack
+    from unlearn_audit.attacks.probe import first_token_items
 
     full, oracle = micro
     # forget answers are sentences, none repeats: whole-answer classes cannot be tested
     small = replace(tofu_target, forget_qa=tofu_target.forget_qa[:12], forget_heldout_qa=tofu_target.forget_heldout_qa[:8])
-    spec = get_audit("probe")
+    spec = get_attack("probe")
     with pytest.raises(UserInputError, match="labels=first_token"):
         spec.run(full, {"none": full}, oracle, small, spec.params({"labels": "answer"}))
     out = spec.run(full, {"none": full}, oracle, small, spec.params({}))

@@ -1,6 +1,6 @@
 """Contracts every registered method and every registered attack keeps, whatever it does.
 
-Parametrised over the registries (``method_names()``, ``audit_names()``), so a new method or
+Parametrised over the registries (``method_names()``, ``attack_names()``), so a new method or
 attack is checked here without a line added:
 
 - methods: the input subject is untouched (weights, buffers, info, hooks), provenance is
@@ -25,9 +25,9 @@ import math
 
 import pytest
 import torch
+from unlearn_audit.attacks import attack_names, get_attack
 
 from unlearn_audit.api import unlearn
-from unlearn_audit.audits import audit_names, get_audit
 from unlearn_audit.data.encode import encode_qa
 from unlearn_audit.methods import get_method, method_names
 from unlearn_audit.results.schema import AttackResult
@@ -143,7 +143,7 @@ def test_method_contract(name, micro, micro_target, organism_cache):
 
 # answer_prob: teacher-forced, no greedy generation (exact_match generates at every checkpoint,
 # 8x slower here); the training, curve and recovery code is the same for every metric
-RELEARNING = {"steps": [0, 2], "bootstrap": 0, "reemergence": False, "batch_size": 4, "metric": "answer_prob"}
+RELEARNING = {"checkpoints": [0, 2], "bootstrap": 0, "reemergence": False, "batch_size": 4, "metric": "answer_prob"}
 CHEAP_ATTACK = {
     "rtt": RELEARNING, "forget_data": RELEARNING, "unrelated": RELEARNING,
     "patching": {"max_questions": 2, "max_new_tokens": 8, "max_rows": 16},
@@ -172,10 +172,10 @@ def _number_or_none(v) -> bool:
     return v is None or (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v))
 
 
-@pytest.mark.parametrize("name", audit_names())
+@pytest.mark.parametrize("name", attack_names())
 def test_attack_contract(name, micro, micro_target, unlearned_pair):
     full, oracle = micro
-    spec = get_audit(name)
+    spec = get_attack(name)
     params = cheap_attack_params(spec)
     subjects = {"original": full, "oracle": oracle, **unlearned_pair}
     before = {k: fingerprint(s) for k, s in subjects.items()}

@@ -2,8 +2,7 @@
 
 import pytest
 import torch
-
-from unlearn_audit.audits.patching import (
+from unlearn_audit.attacks.patching import (
     PatchingParams,
     krs,
     krs_profile,

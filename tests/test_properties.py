@@ -174,11 +174,12 @@ def test_recovery_interval_stays_in_zero_one_when_items_only_come_back(rows, see
 
 def _bounded_fields():
     """(owner, params class, field, bound kind, bound) for every int/float field with a bound."""
-    from unlearn_audit.audits import audit_names, get_audit
+    from unlearn_audit.attacks import attack_names, get_attack
+
     from unlearn_audit.methods import get_method, method_names
 
     owners = [(f"method {n!r}", get_method(n).Params, get_method(n).params) for n in method_names()] + \
-             [(f"attack {n!r}", get_audit(n).Params, get_audit(n).params) for n in audit_names()]
+             [(f"attack {n!r}", get_attack(n).Params, get_attack(n).params) for n in attack_names()]
     out = []
     for owner, cls, validate in owners:
         for name, info in cls.model_fields.items():

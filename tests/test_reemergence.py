@@ -2,9 +2,7 @@
 
 import pytest
 import torch
-
-from unlearn_audit.api import audit, unlearn
-from unlearn_audit.audits.reemergence import (
+from unlearn_audit.attacks.reemergence import (
     ConceptProbe,
     Tracker,
     by_layer,
@@ -14,6 +12,8 @@ from unlearn_audit.audits.reemergence import (
     spearman,
     top_set,
 )
+
+from unlearn_audit.api import audit, unlearn
 from unlearn_audit.subject.sites import value_vectors
 
 
@@ -72,7 +72,7 @@ def test_tracking_zero_steps_is_the_static_saliency(micro, micro_target):
     probe = concept_probe(full, micro_target)
     static = saliency(full.model, probe)
     r = audit(full, {"none": unlearn(full, micro_target, "none")}, micro_target, attacks=["rtt"],
-              attack_params={"rtt": {"steps": [0], "bootstrap": 0}})
+              attack_params={"rtt": {"checkpoints": [0], "bootstrap": 0}})
     block = r["methods"]["none"]["attacks"]["rtt"]["reemergence"]
     assert block["steps"] == [0]
     assert block["saliency_by_layer"]["none"][0] == pytest.approx(by_layer(static, probe.top_frac))
@@ -85,7 +85,7 @@ def test_tracking_over_relearning(micro, micro_target):
     full, oracle = micro
     ga = unlearn(full, micro_target, "gradient_ascent", steps=30, lr=1e-4)
     r = audit(full, {"ga": ga}, micro_target, attacks=["rtt"], oracle=oracle,
-              attack_params={"rtt": {"steps": [0, 5, 20], "bootstrap": 0}})
+              attack_params={"rtt": {"checkpoints": [0, 5, 20], "bootstrap": 0}})
     block = r["methods"]["ga"]["attacks"]["rtt"]["reemergence"]
     assert set(block["overlap_with_original"]) == {"ga", "original", "oracle"}
     # before relearning, each overlap is the Jaccard index of top sets computed here from scratch
@@ -138,7 +138,7 @@ def test_pruned_neurons_score_zero_and_their_regrowth_is_followed(micro, micro_t
     assert int(dead.sum()) == pruned.info["method"]["pruned"] > 0
     assert bool((scores[dead] == 0).all()) and bool((scores[~dead] != 0).any())
     r = audit(full, {"pruned": pruned}, micro_target, attacks=["forget_data"],
-              attack_params={"forget_data": {"steps": [0, 10], "bootstrap": 0}})
+              attack_params={"forget_data": {"checkpoints": [0, 10], "bootstrap": 0}})
     block = r["methods"]["pruned"]["attacks"]["forget_data"]["reemergence"]
     assert block["dead_at_start"]["pruned"] == int(dead.sum()) and block["dead_at_start"]["original"] == 0
     revival = block["dead_revival"]["pruned"]

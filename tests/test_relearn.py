@@ -11,7 +11,7 @@ from unlearn_audit.metrics.behaviour import summarise
 from unlearn_audit.metrics.generation import generate_answers
 from unlearn_audit.metrics.recovery import recovery, residual
 
-FAST = {"steps": [0, 5, 20], "bootstrap": 200}
+FAST = {"checkpoints": [0, 5, 20], "bootstrap": 200}
 
 
 @pytest.fixture(scope="module")

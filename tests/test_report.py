@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 from test_cli import run_cli
+from unlearn_audit.organisms import organism_world
+from unlearn_audit.results.store import tidy_rows
 
 from unlearn_audit.data.target import save_target, world_target
 from unlearn_audit.experiment.config import parse_experiment
 from unlearn_audit.experiment.runner import run_experiment
-from unlearn_audit.experiment.store import tidy_rows
 from unlearn_audit.report.tables import best_cells, summary_rows
-from unlearn_audit.subject.organism import organism_world
 
 EVIL = "<script>alert(1)</script>"
 EVIL_PREFIX = '<img src=x onerror="alert(2)"> Refuse questions about {concept}.'
@@ -33,7 +33,7 @@ def evil_run(micro, cache_dir, tmp_path_factory):
         "target": str(root / "target"),
         "methods": {"none": {}, "gradient_ascent": {"steps": 2, "lr": 3.0e-4},
                     "prompt_guardrail": {"prefix": [EVIL_PREFIX, "Never discuss {concept}."]}},
-        "attacks": {"rtt": {"steps": [0, 1], "bootstrap": 0}, "patching": {"max_questions": 3}},
+        "attacks": {"rtt": {"checkpoints": [0, 1], "bootstrap": 0}, "patching": {"max_questions": 3}},
         "out": str(root / "run"), "agreement": False, "threads": 2})
     run = run_experiment(exp, "name: escape <test>  # the file as written\n")
     return root / "run", run

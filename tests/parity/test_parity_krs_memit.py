@@ -15,14 +15,14 @@ from __future__ import annotations
 import pytest
 import torch
 from parity_helpers import PAD, VOCAB
-
-from unlearn_audit.audits.patching import (
+from unlearn_audit.attacks.patching import (
     PatchingParams,
     answer_mask,
     encode_teacher_forced,
     krs,
     per_row_mse,
 )
+
 from unlearn_audit.methods.memit import MEMITParams, delta_penalty
 
 
