@@ -8,17 +8,18 @@ import random
 import numpy as np
 import pytest
 import torch
-
-from unlearn_audit.api import Evaluator, audit, unlearn
 from unlearn_audit.attacks.concept_vectors import ablation, attribution_scores, compare, top_vectors
 from unlearn_audit.attacks.in_context import InContextParams, curves, plan
 from unlearn_audit.attacks.probe import last_token_states, probe_accuracy, probe_tasks
 from unlearn_audit.attacks.quantize import quantize_dequantize, quantized
 from unlearn_audit.attacks.weight_distance import barrier, distances, interpolation
+
+from unlearn_audit.api import Evaluator, audit, unlearn
 from unlearn_audit.experiment.demo import summary_rows
 from unlearn_audit.metrics import EvalSuite
 from unlearn_audit.metrics.linear import fit_probe
 from unlearn_audit.metrics.mia import auc, mia_scores
+from unlearn_audit.results.schema import AttackResult
 from unlearn_audit.world import QA
 
 NEW_ATTACKS = ["probe", "concept_vectors", "in_context", "quantize", "mia", "weight_distance"]
@@ -218,6 +219,7 @@ def test_mia_separates_training_texts_but_not_two_halves_of_unseen_ones(micro, m
 
 def test_holdout_entities_are_new_members_of_the_concept(micro):
     from unlearn_audit.organisms import organism_world
+
     from unlearn_audit.world import holdout_entities
 
     world = organism_world(micro[0])
@@ -272,14 +274,46 @@ def results(micro, micro_target, ga):
     return r, all(_same(models[k].model, s) and _no_hooks(models[k].model) for k, s in states.items())
 
 
+def _ratio(num: float, den: float):
+    """A hand-computed recovery or residual: None when the denominator vanishes."""
+    return None if abs(den) <= 1e-9 else pytest.approx(num / den)
+
+
+def _max_or_none(values):
+    values = [v for v in values if v is not None]
+    return max(values, key=lambda v: v.expected) if values else None
+
+
 def test_every_new_attack_reports_recovery_and_residual_never_nan(results):
     r, untouched = results
     assert untouched                                                        # audits never mutate a subject
     json.dumps(r, allow_nan=False)                                          # no NaN or inf anywhere
+    base = r["baselines"]
     for name in ("none", "ga"):
         for attack in NEW_ATTACKS:
-            out = r["methods"][name]["attacks"][attack]
-            assert "recovery" in out and "residual" in out
+            AttackResult.model_validate(r["methods"][name]["attacks"][attack])
+        # recovery and residual recomputed by hand from each result's own numbers and the
+        # baselines: (a - u) / (o - u) and (a - a_oracle) / (o - oracle_before), None on a 0 denominator
+        out = r["methods"][name]["attacks"]
+        p, po, pr = out["probe"], base["probe"]["original"], base["probe"]["oracle"]
+        assert p["recovery"] == _ratio(p["best"] - p["qa_acc"], po["qa_acc"] - p["qa_acc"])
+        assert p["residual"] == _ratio(p["best"] - pr["best"], po["qa_acc"] - pr["qa_acc"])
+        q, qo, qr = out["quantize"], base["quantize"]["original"], base["quantize"]["oracle"]
+        by_bits = {k: (_ratio(q["acc"][k]["forget"] - q["acc"]["full"]["forget"],
+                              qo["full"]["forget"] - q["acc"]["full"]["forget"]),
+                       _ratio(q["acc"][k]["forget"] - qr[k]["forget"], qo["full"]["forget"] - qr["full"]["forget"]))
+                   for k in q["by_bits"]}
+        assert {k: (v["recovery"], v["residual"]) for k, v in q["by_bits"].items()} == by_bits
+        assert q["recovery"] == _max_or_none(v[0] for v in by_bits.values())
+        assert q["residual"] == _max_or_none(v[1] for v in by_bits.values())
+        c, cr = out["concept_vectors"], base["concept_vectors"]["oracle"]
+        assert c["recovery"] == pytest.approx(c["jaccard"])
+        assert c["residual"] == _ratio(c["jaccard"] - cr["jaccard"], 1.0 - cr["jaccard"])
+        m, mo, mr = out["mia"], base["mia"]["original"], base["mia"]["oracle"]
+        score = m["scores"]["min_k"]
+        assert m["auc"] == score["auc"]
+        assert m["recovery"] == _ratio(m["auc"] - 0.5, mo["min_k"] - 0.5)
+        assert m["residual"] == _ratio(m["auc"] - mr["min_k"], mo["min_k"] - mr["min_k"])
     ga = r["methods"]["ga"]["attacks"]
     for attack in ("probe", "in_context", "quantize", "concept_vectors", "mia"):
         assert ga[attack]["recovery"] is not None and ga[attack]["residual"] is not None, attack

@@ -68,6 +68,7 @@ def test_rtt_with_rouge_l_on_tofu_is_finite(micro, tofu_target):
     from dataclasses import replace
 
     from unlearn_audit.attacks import get_attack
+
     from unlearn_audit.data.encode import encode_qa
     from unlearn_audit.metrics.likelihood import mean_token_nll
     from unlearn_audit.training import TrainConfig, shuffled_minibatches, train
@@ -80,7 +81,7 @@ def test_rtt_with_rouge_l_on_tofu_is_finite(micro, tofu_target):
     train(original.model, lambda b: mean_token_nll(original.model, b),
           shuffled_minibatches(data, 16, 0), TrainConfig(steps=20, lr=3e-3, seed=0))
     spec = get_attack("rtt")
-    params = spec.params({"metric": "rouge_l", "checkpoints": [0, 3], "reemergence": False, "bootstrap": 0,
+    params = spec.params({"metric": "rouge_l", "steps": [0, 3], "reemergence": False, "bootstrap": 0,
                           "max_new_tokens": 8, "lr": 3e-3})
     out = spec.run(original, {"none": full}, oracle, small, params)["methods"]["none"]
     assert out["metric"] == "rouge_l"

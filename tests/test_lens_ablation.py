@@ -2,9 +2,9 @@
 
 import pytest
 import torch
+from unlearn_audit.attacks.logit_lens import lens
 
 from unlearn_audit.api import audit, unlearn
-from unlearn_audit.attacks.logit_lens import lens
 from unlearn_audit.metrics import EvalSuite
 
 
@@ -25,7 +25,21 @@ def test_logit_lens_last_layer_matches_first_token_accuracy(micro, micro_target)
     full = micro[0]
     items = micro_target.all_forget_qa
     curve = lens(full, items)
-    assert len(curve["acc"]) == 2 and curve["rank"][-1] >= 0
+    assert curve["layers"] == [0, 1]
+    # the last layer's lens is the model's own next-token logits: rank and top-1 accuracy of
+    # each answer's first token, computed here from one plain forward pass
+    from unlearn_audit.data.encode import encode_qa
+
+    enc = encode_qa(full.tokenizer, items, full.prompt_template, full.answer_eos)
+    with torch.no_grad():
+        logits = full.model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).logits.float()
+    rows = torch.arange(len(items))
+    first = (enc["labels"] != -100).float().argmax(1)
+    answer = enc["labels"][rows, first]
+    at = logits[rows, first - 1]                                              # (N, V)
+    rank = (at > at[rows, answer][:, None]).sum(-1).float()
+    assert curve["rank"][-1] == pytest.approx(float(rank.mean()), rel=1e-5)
+    assert curve["acc"][-1] == pytest.approx(float((rank == 0).float().mean()))
     # a question is answered exactly only if its first answer token is the top-1 token
     exact = EvalSuite(full, {"f": items}).accuracies(full)["f"]
     assert curve["acc"][-1] >= exact >= 0.9
@@ -39,12 +53,19 @@ def test_logit_lens_last_layer_matches_first_token_accuracy(micro, micro_target)
     assert lens(full, items[:1])["prob"][-1] == pytest.approx(float(p), rel=1e-5)
 
 
-def test_logit_lens_results(results):
-    r, _ = results
+def test_logit_lens_results(results, micro_target):
+    r, unlearned = results
     assert r["methods"]["none"]["attacks"]["logit_lens"]["recovery"] is None
     assert r["baselines"]["logit_lens"]["oracle"]["acc"][-1] < r["baselines"]["logit_lens"]["original"]["acc"][-1]
     ga = r["methods"]["ga"]["attacks"]["logit_lens"]
-    assert 0 <= ga["best_layer"] < 2 and ga["residual"] is not None
+    direct = lens(unlearned["ga"], [q for q in micro_target.all_forget_qa if q.kind == "qa"])
+    assert all(ga["curve"][k] == pytest.approx(direct[k]) for k in ("layers", "prob", "rank", "acc"))
+    # the summaries recomputed by hand from the curves (formulas of the module docstring)
+    acc, orig, orc = ga["curve"]["acc"], r["baselines"]["logit_lens"]["original"]["acc"], \
+        r["baselines"]["logit_lens"]["oracle"]["acc"]
+    assert ga["best_layer"] == max(range(len(acc)), key=lambda i: (acc[i], -i))
+    assert ga["recovery"] == pytest.approx((max(acc) - acc[-1]) / (orig[-1] - acc[-1]))
+    assert ga["residual"] == pytest.approx((max(acc) - max(orc)) / (orig[-1] - orc[-1]))
 
 
 def test_ablation_undoes_a_steering_vector_and_leaves_no_hooks(results, micro):

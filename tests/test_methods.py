@@ -110,11 +110,47 @@ def test_divergence_is_a_clear_error(micro, micro_target):
         unlearn(micro[0], micro_target, "gradient_ascent", lr=1e3, max_grad_norm=None, steps=20)
 
 
-def test_forget_on_text_and_both(micro, micro_target, nll_of):
-    before = nll_of(micro[0])["forget"]
-    for mode in ("text", "both"):
-        u = unlearn(micro[0], micro_target, "gradient_ascent", steps=15, forget_on=mode)
-        assert nll_of(u)["forget"] > before
+def _rows(data) -> set[tuple[int, ...]]:
+    """Each encoded row's unpadded token ids."""
+    return {tuple(ids[mask.bool()].tolist()) for ids, mask in zip(data["input_ids"], data["attention_mask"], strict=True)}
+
+
+def test_forget_on_chooses_what_is_trained_on(micro, micro_target, nll_of, monkeypatch):
+    """The forget batches the training loop actually receives are rows of the QA encoding, of
+    the texts', or of both, as ``forget_on`` says (recorded by a spy on ``train``); training on
+    texts moves the weights elsewhere than training on QA, and still raises the forget NLL."""
+    import unlearn_audit.methods.base as base
+    from unlearn_audit.data.encode import encode_qa, encode_texts
+
+    full = micro[0]
+    qa = _rows(encode_qa(full.tokenizer, micro_target.all_forget_qa, full.prompt_template, full.answer_eos))
+    text = _rows(encode_texts(full.tokenizer, micro_target.forget_text))
+    assert qa and text and not qa & text
+    seen: list[set] = []
+    real_train = base.train
+
+    def spy(model, loss, batches, config, **kw):
+        def recorded():
+            for b in batches:
+                seen.append(_rows(b["forget"]))
+                yield b
+        return real_train(model, loss, recorded(), config, **kw)
+
+    monkeypatch.setattr(base, "train", spy)
+    before = nll_of(full)["forget"]
+    weights = {}
+    for mode, expected in (("qa", qa), ("text", text), ("both", qa | text)):
+        seen.clear()
+        u = unlearn(full, micro_target, "gradient_ascent", steps=15, forget_on=mode)
+        trained_on = set().union(*seen)
+        assert len(seen) >= 15 and trained_on <= expected, mode
+        if mode == "both":
+            assert trained_on & qa and trained_on & text
+        weights[mode] = torch.cat([p.flatten() for p in u.model.parameters()])
+        if mode != "qa":
+            assert nll_of(u)["forget"] > before, mode
+    assert not torch.equal(weights["qa"], weights["text"])
+    assert not torch.equal(weights["both"], weights["qa"]) and not torch.equal(weights["both"], weights["text"])
 
 
 def test_same_seed_same_unlearned_weights(micro, micro_target):

@@ -1,10 +1,10 @@
 import time
 
 import pytest
+from unlearn_audit.organisms import cache_root, organism, organism_key
 
 from unlearn_audit import organisms as organism_module
 from unlearn_audit.errors import UserInputError
-from unlearn_audit.organisms import cache_root, organism, organism_key
 
 
 def test_cache_hit_skips_training(micro, cache_dir, monkeypatch):
@@ -34,7 +34,29 @@ def test_organism_metadata(micro):
 def test_key_depends_on_preset_and_seed():
     assert organism_key("micro", 0) != organism_key("micro", 1)
     assert organism_key("micro", 0) != organism_key("default", 0)
-    assert organism_key("micro", 0) == organism_key("micro", 0)
+
+
+def test_key_is_the_hash_of_the_recipe_and_names_the_cache_entry(micro, cache_dir, monkeypatch):
+    """The key is the documented hash of (preset, world config, seed, cache version), computed
+    here by hand; the cached organism lies under it; and any change to the recipe (a preset
+    field, the cache version) moves it, so a stale model is never reused."""
+    import hashlib
+    import json
+    from dataclasses import asdict, replace
+
+    from unlearn_audit.world import world_config
+
+    preset = organism_module.get_preset("micro")
+    blob = json.dumps({"preset": asdict(preset), "world": asdict(world_config(preset.world, 0)), "seed": 0,
+                       "version": organism_module.CACHE_VERSION}, sort_keys=True)
+    key = organism_key("micro", 0)
+    assert key == f"micro-s0-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+    assert (cache_root(cache_dir) / "organisms" / key).is_dir()
+    monkeypatch.setattr(organism_module, "CACHE_VERSION", organism_module.CACHE_VERSION + 1)
+    assert organism_key("micro", 0) != key
+    monkeypatch.undo()
+    monkeypatch.setitem(organism_module.PRESETS, "micro", replace(preset, hidden_size=preset.hidden_size + 1))
+    assert organism_key("micro", 0) != key
 
 
 def test_bad_preset_and_unwritable_cache(tmp_path):

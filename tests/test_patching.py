@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from unlearn_audit.attacks.patching import (
     PatchingParams,
     krs,

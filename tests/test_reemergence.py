@@ -2,8 +2,6 @@
 
 import pytest
 import torch
-
-from unlearn_audit.api import audit, unlearn
 from unlearn_audit.attacks.reemergence import (
     ConceptProbe,
     Tracker,
@@ -14,6 +12,8 @@ from unlearn_audit.attacks.reemergence import (
     spearman,
     top_set,
 )
+
+from unlearn_audit.api import audit, unlearn
 from unlearn_audit.subject.sites import value_vectors
 
 
@@ -88,23 +88,45 @@ def test_tracking_over_relearning(micro, micro_target):
               attack_params={"rtt": {"checkpoints": [0, 5, 20], "bootstrap": 0}})
     block = r["methods"]["ga"]["attacks"]["rtt"]["reemergence"]
     assert set(block["overlap_with_original"]) == {"ga", "original", "oracle"}
-    for series in block["overlap_with_original"].values():
-        assert len(series) == 3 and all(0 <= v <= 1 for v in series)
+    # before relearning, each overlap is the Jaccard index of top sets computed here from scratch
+    probe = concept_probe(full, micro_target)
+    reference_top = top_set(saliency(full.model, probe), probe.top_frac)
+    for label, subject in (("ga", ga), ("oracle", oracle), ("original", full)):
+        top = top_set(saliency(subject.model, probe), probe.top_frac)
+        union = int((top | reference_top).sum())
+        assert len(block["overlap_with_original"][label]) == 3
+        assert block["overlap_with_original"][label][0] == pytest.approx(int((top & reference_top).sum()) / union), label
     # the unlearned model starts from the original's neurons; the oracle never had them
     assert block["overlap_with_original"]["ga"][0] > block["overlap_with_original"]["oracle"][0]
     assert len(block["saliency_by_layer"]["oracle"][0]) == 2
     assert len(block["meaningful_top_fraction"]["ga"]) == 3
 
 
-def test_tracker_summary_shapes(micro, micro_target):
+def test_tracker_follows_the_original_top_neurons_being_killed_and_regrown(micro, micro_target):
+    """A copy of the original with its top concept neurons' value vectors zeroed, then the
+    original itself: the tracker sees no overlap, then full overlap; the dead neurons score 0
+    and their regrowth is the original's norm over the live mean, computed here."""
     full = micro[0]
     probe = concept_probe(full, micro_target)
-    t = Tracker(probe, saliency(full.model, probe))
-    t(full.model)
+    scores = saliency(full.model, probe)
+    top = top_set(scores, probe.top_frac)
+    killed = full.copy()
+    with torch.no_grad():
+        for layer in range(top.shape[0]):
+            value_vectors(killed.model, layer)[top[layer]] = 0
+    t = Tracker(probe, scores)
+    t(killed.model)
     t(full.model)
     s = t.summary()
-    assert s["overlap_with_original"] == [1.0, 1.0]
-    assert 0 <= s["meaningful_top_fraction"][0] <= 1
+    assert s["dead_at_start"] == int(top.sum()) > 0
+    killed_top = top_set(saliency(killed.model, probe), probe.top_frac)
+    assert not bool((killed_top & top).any())                       # no killed neuron is in the top set
+    assert s["overlap_with_original"] == [0.0, 1.0]
+    assert s["new_top_by_layer"][0] == killed_top.sum(1).tolist() and s["new_top_by_layer"][1] == [0] * top.shape[0]
+    assert s["rank_correlation"][1] == pytest.approx(1.0) and s["rank_correlation"][0] < 1.0
+    norms = torch.stack([value_vectors(full.model, i).detach().float().norm(dim=1) for i in range(top.shape[0])])
+    assert s["dead_revival"][0] == 0.0
+    assert s["dead_revival"][1] == pytest.approx(float(norms[top].mean() / norms[~top].mean()), rel=1e-5)
 
 
 def test_pruned_neurons_score_zero_and_their_regrowth_is_followed(micro, micro_target):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import pytest
 import torch
 from parity_helpers import PAD, VOCAB
-
 from unlearn_audit.attacks.patching import (
     PatchingParams,
     answer_mask,
@@ -23,6 +22,7 @@ from unlearn_audit.attacks.patching import (
     krs,
     per_row_mse,
 )
+
 from unlearn_audit.methods.memit import MEMITParams, delta_penalty
 
 
