@@ -29,6 +29,7 @@ def cache_dir() -> Path:
 def micro(cache_dir):
     """(full, oracle) micro organisms; the oracle never saw concept 0."""
     import torch
+
     from unlearn_audit.organisms import organism
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -46,7 +47,6 @@ def micro_target(micro):
 def tiny_tokenizer(tmp_path_factory):
     """A byte-level BPE tokenizer trained on the micro world, saved locally."""
     from unlearn_audit.organisms import train_tokenizer
-
     from unlearn_audit.world import build_world, corpus, world_config
 
     tok = train_tokenizer(corpus(build_world(world_config("micro", 0))), 384)

@@ -8,13 +8,13 @@ import random
 import numpy as np
 import pytest
 import torch
+
+from unlearn_audit.api import Evaluator, audit, unlearn
 from unlearn_audit.attacks.concept_vectors import ablation, attribution_scores, compare, top_vectors
 from unlearn_audit.attacks.in_context import InContextParams, curves, plan
 from unlearn_audit.attacks.probe import last_token_states, probe_accuracy, probe_tasks
 from unlearn_audit.attacks.quantize import quantize_dequantize, quantized
 from unlearn_audit.attacks.weight_distance import barrier, distances, interpolation
-
-from unlearn_audit.api import Evaluator, audit, unlearn
 from unlearn_audit.experiment.demo import summary_rows
 from unlearn_audit.metrics import EvalSuite
 from unlearn_audit.metrics.linear import fit_probe
@@ -219,7 +219,6 @@ def test_mia_separates_training_texts_but_not_two_halves_of_unseen_ones(micro, m
 
 def test_holdout_entities_are_new_members_of_the_concept(micro):
     from unlearn_audit.organisms import organism_world
-
     from unlearn_audit.world import holdout_entities
 
     world = organism_world(micro[0])

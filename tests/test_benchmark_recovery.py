@@ -68,7 +68,6 @@ def test_rtt_with_rouge_l_on_tofu_is_finite(micro, tofu_target):
     from dataclasses import replace
 
     from unlearn_audit.attacks import get_attack
-
     from unlearn_audit.data.encode import encode_qa
     from unlearn_audit.metrics.likelihood import mean_token_nll
     from unlearn_audit.training import TrainConfig, shuffled_minibatches, train

@@ -25,9 +25,9 @@ import math
 
 import pytest
 import torch
-from unlearn_audit.attacks import attack_names, get_attack
 
 from unlearn_audit.api import unlearn
+from unlearn_audit.attacks import attack_names, get_attack
 from unlearn_audit.data.encode import encode_qa
 from unlearn_audit.methods import get_method, method_names
 from unlearn_audit.results.schema import AttackResult

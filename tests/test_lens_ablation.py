@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from unlearn_audit.attacks.logit_lens import lens
 
 from unlearn_audit.api import audit, unlearn
+from unlearn_audit.attacks.logit_lens import lens
 from unlearn_audit.metrics import EvalSuite
 
 

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from unlearn_audit.organisms import load_subject
 
 from unlearn_audit.api import unlearn
 from unlearn_audit.data.encode import encode_texts
@@ -10,6 +9,7 @@ from unlearn_audit.errors import UserInputError
 from unlearn_audit.methods.prune import mean_abs_coefficients, top_fraction
 from unlearn_audit.methods.rmu import rmu_loss
 from unlearn_audit.metrics import EvalSuite
+from unlearn_audit.organisms import load_subject
 from unlearn_audit.subject.sites import Site, token_means, value_vectors
 
 

@@ -4,13 +4,13 @@ import math
 
 import pytest
 import torch
-from unlearn_audit.organisms import load_subject
 
 from unlearn_audit.api import unlearn
 from unlearn_audit.errors import UserInputError
 from unlearn_audit.methods.dpo import dpo_loss
 from unlearn_audit.methods.simnpo import simnpo_loss
 from unlearn_audit.metrics import EvalSuite
+from unlearn_audit.organisms import load_subject
 
 
 def test_dpo_and_simnpo_losses_by_hand():

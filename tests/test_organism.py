@@ -1,10 +1,10 @@
 import time
 
 import pytest
-from unlearn_audit.organisms import cache_root, organism, organism_key
 
 from unlearn_audit import organisms as organism_module
 from unlearn_audit.errors import UserInputError
+from unlearn_audit.organisms import cache_root, organism, organism_key
 
 
 def test_cache_hit_skips_training(micro, cache_dir, monkeypatch):

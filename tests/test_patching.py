@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from unlearn_audit.attacks.patching import (
     PatchingParams,
     krs,

@@ -175,7 +175,6 @@ def test_recovery_interval_stays_in_zero_one_when_items_only_come_back(rows, see
 def _bounded_fields():
     """(owner, params class, field, bound kind, bound) for every int/float field with a bound."""
     from unlearn_audit.attacks import attack_names, get_attack
-
     from unlearn_audit.methods import get_method, method_names
 
     owners = [(f"method {n!r}", get_method(n).Params, get_method(n).params) for n in method_names()] + \

@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+
+from unlearn_audit.api import audit, unlearn
 from unlearn_audit.attacks.reemergence import (
     ConceptProbe,
     Tracker,
@@ -12,8 +14,6 @@ from unlearn_audit.attacks.reemergence import (
     spearman,
     top_set,
 )
-
-from unlearn_audit.api import audit, unlearn
 from unlearn_audit.subject.sites import value_vectors
 
 

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 from test_cli import run_cli
-from unlearn_audit.organisms import organism_world
-from unlearn_audit.results.store import tidy_rows
 
 from unlearn_audit.data.target import save_target, world_target
 from unlearn_audit.experiment.config import parse_experiment
 from unlearn_audit.experiment.runner import run_experiment
+from unlearn_audit.organisms import organism_world
+from unlearn_audit.report.outputs import write_outputs
 from unlearn_audit.report.tables import best_cells, summary_rows
+from unlearn_audit.results.store import tidy_rows
 
 EVIL = "<script>alert(1)</script>"
 EVIL_PREFIX = '<img src=x onerror="alert(2)"> Refuse questions about {concept}.'

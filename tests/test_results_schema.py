@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
-from unlearn_audit.attacks.base import Attack
 
+from unlearn_audit.attacks.base import Attack
 from unlearn_audit.report.tables import best_cells, compare_rows, higher_columns, summary_rows
 from unlearn_audit.results.schema import AttackDeclaration, target_document, validate_target
 

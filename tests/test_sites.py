@@ -3,9 +3,9 @@
 import pytest
 import torch
 from conftest import FAMILIES
-from unlearn_audit.organisms import load_subject
 
 from unlearn_audit.errors import UserInputError
+from unlearn_audit.organisms import load_subject
 from unlearn_audit.subject.sites import (
     ACTIVATION_KINDS,
     Site,

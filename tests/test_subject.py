@@ -1,10 +1,10 @@
 import pytest
 import torch
 from conftest import FAMILIES
-from unlearn_audit.organisms import load_subject
 
 from unlearn_audit.errors import UserInputError
 from unlearn_audit.metrics import evaluate_qa
+from unlearn_audit.organisms import load_subject
 from unlearn_audit.world import QA
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 from parity_helpers import PAD, VOCAB
+
 from unlearn_audit.attacks.patching import (
     PatchingParams,
     answer_mask,
@@ -22,7 +23,6 @@ from unlearn_audit.attacks.patching import (
     krs,
     per_row_mse,
 )
-
 from unlearn_audit.methods.memit import MEMITParams, delta_penalty
 
 

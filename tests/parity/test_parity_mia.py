@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 from parity_helpers import VOCAB
-from unlearn_audit.attacks.mia import MIAParams
 
+from unlearn_audit.attacks.mia import MIAParams
 from unlearn_audit.metrics.mia import auc, mia_scores, privleak
 
 TEXTS = ["the cat sat on the mat today", "a quick brown fox", "lorem ipsum dolor sit amet, consectetur",
