@@ -15,10 +15,10 @@ from unlearn_audit.attacks.in_context import InContextParams, curves, plan
 from unlearn_audit.attacks.probe import last_token_states, probe_accuracy, probe_tasks
 from unlearn_audit.attacks.quantize import quantize_dequantize, quantized
 from unlearn_audit.attacks.weight_distance import barrier, distances, interpolation
-from unlearn_audit.experiment.demo import summary_rows
 from unlearn_audit.metrics import EvalSuite
 from unlearn_audit.metrics.linear import fit_probe
 from unlearn_audit.metrics.mia import auc, mia_scores
+from unlearn_audit.report.tables import summary_rows
 from unlearn_audit.results.schema import AttackResult
 from unlearn_audit.world import QA
 

@@ -82,7 +82,7 @@ def test_the_curve_starts_at_the_unlearned_models_accuracy(audited, micro, micro
     sets = micro_target.eval_sets()
     for attack in ("rtt", "forget_data", "unrelated"):
         r = results["methods"]["gradient_ascent"]["attacks"][attack]
-        assert r["curve"]["steps"] == FAST["steps"]
+        assert r["curve"]["steps"] == FAST["checkpoints"]
         scores = EvalSuite(micro[0], {k: sets[k] for k in r["eval_sets"]}).run(unlearned["gradient_ascent"])
         correct = np.concatenate([np.asarray(scores[k].correct, dtype=float) for k in r["eval_sets"]])
         assert r["acc_before"] == pytest.approx(float(correct.mean())), attack
