@@ -53,6 +53,7 @@ from ..data.encode import concat_batches, encode_qa, render_prompt
 from ..errors import UserInputError
 from ..metrics.qa import score_encoded
 from ..metrics.recovery import recovery, residual
+from ..results.schema import AttackDeclaration
 from ..world import QA
 from .base import Attack, AttackParams, register_attack
 
@@ -194,6 +195,7 @@ class InContext(Attack):
     name = "in_context"
     Params = InContextParams
     summary = "k facts of the concept's train half in the prompt, held-out questions (Shumailov et al. 2024)"
+    declaration = AttackDeclaration(axes={"k": "k"})  # curves: accuracy per number of shots
 
     def setup(self, original, target, params: InContextParams, references=None) -> list[dict]:
         return plan(target, params, original)

@@ -62,6 +62,7 @@ from ..metrics.likelihood import eval_mode, forward
 from ..metrics.linear import fit_probe
 from ..metrics.qa import EvalSuite
 from ..metrics.recovery import recovery, residual
+from ..results.schema import AttackDeclaration
 from ..subject.sites import Site, num_layers, record
 from ..world import QA
 from .base import Attack, AttackParams, register_attack
@@ -175,6 +176,7 @@ class Probe(Attack):
     name = "probe"
     Params = ProbeParams
     summary = "linear probes per layer decode held-out answers from the last prompt token (Lynch et al. 2024)"
+    declaration = AttackDeclaration(indexed={"acc": "layer"})  # acc[i]: the probe on layer i's output
 
     def setup(self, original, target, params: ProbeParams, references=None) -> dict:
         train = [q for q in target.forget_qa if q.kind == "qa"]

@@ -142,6 +142,9 @@ def _mean_over_seeds(curves: list[dict]) -> dict:
             "correct": {k: np.mean([c["correct"][k] for c in curves], axis=0) for k in curves[0]["correct"]}}
 
 
+REEMERGENCE_LAYERS: dict = {"saliency_by_layer": "layer", "new_top_by_layer": "layer"}
+
+
 class Relearn(Attack):
     """One relearning attack: ``kind`` says what it trains on and evaluates. Each model's
     measurement is its curve (mean over runs), with per-item scores kept so that the bootstrap
@@ -149,6 +152,8 @@ class Relearn(Attack):
 
     Params = RelearnParams
     kind: Relearning
+    # re-emergence's saliency_by_layer / new_top_by_layer: [step][layer]
+    declaration = AttackDeclaration(indexed=REEMERGENCE_LAYERS)
 
     def setup(self, original, target, params: RelearnParams, references=None) -> dict:
         suite = EvalSuite(original, {k: target.eval_sets().get(k, []) for k in self.kind.eval_sets + WATCH})
@@ -239,7 +244,7 @@ class ForgetData(Relearn):
     kind = RELEARNING["forget_data"]
     # relearning on the forget texts measures *speed*: at the last step it brings every model to
     # the same place, so its headline is the mean of the residual (recovery) curve over the run
-    declaration = AttackDeclaration(headline="residual_auc", fallback="recovery_auc")
+    declaration = AttackDeclaration(headline="residual_auc", fallback="recovery_auc", indexed=REEMERGENCE_LAYERS)
 
 
 @register_attack

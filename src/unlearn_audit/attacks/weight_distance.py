@@ -122,7 +122,9 @@ class WeightDistance(Attack):
     name = "weight_distance"
     Params = WeightDistanceParams
     summary = "per-layer weight change vs the original and the loss along the straight line between them"
-    declaration = AttackDeclaration(headline="relative_change", fallback=None, label="rel. Δw")
+    # its "layers" is a mapping of parameter groups, not an axis; the loss is a series over alpha
+    declaration = AttackDeclaration(headline="relative_change", fallback=None, label="rel. Δw",
+                                    axes={"alphas": "alpha"})
 
     def setup(self, original, target, params, references=None):
         forget = target.all_forget_qa

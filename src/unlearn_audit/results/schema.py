@@ -19,9 +19,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 Axis = Literal["step", "layer", "k", "alpha", "bits"]
+AXES: tuple[str, ...] = ("step", "layer", "k", "alpha", "bits")
 
 
 class AttackDeclaration(BaseModel):
@@ -32,6 +33,12 @@ class AttackDeclaration(BaseModel):
     ``fallback=None`` means the headline is always read (and the oracle's own value is shown
     in its row, from the attack's baselines). ``label`` names the table column (default: the
     headline key). ``better``: which direction of the headline means better unlearning.
+
+    Series (how the results store turns lists into rows, never guessing from names): ``axes``
+    maps a key whose list holds axis values (``steps`` of a curve) to its axis; a list of numbers
+    beside it or below it, as long as it, is one row per axis value. ``indexed`` maps a key whose
+    list index *is* the axis value (a probe's accuracy per layer; in a list of lists, the inner
+    lists' index, e.g. re-emergence's saliency per step and layer).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -39,6 +46,8 @@ class AttackDeclaration(BaseModel):
     fallback: str | None = "recovery"
     label: str | None = None
     better: Literal["lower", "higher"] = "lower"
+    axes: dict[str, Axis] = Field(default_factory=lambda: {"steps": "step", "layers": "layer"})
+    indexed: dict[str, Axis] = {}
 
 
 class Evaluation(BaseModel):

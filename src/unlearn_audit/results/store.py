@@ -1,4 +1,4 @@
-"""The results store: one tidy table, one row per cell x metric x step, in SQLite.
+"""The results store: one tidy table, one row per cell x metric x series point, in SQLite.
 
 Why SQLite and not Parquet: it is in Python's standard library (no new dependency; pyarrow
 alone is ~40 MB), one file that ``sqlite3``, pandas (``read_sql``), R, DuckDB and any SQL
@@ -17,8 +17,16 @@ Table ``results``:
     attack   attack name; NULL for the behavioural evaluation before any attack
     metric   dotted path in results.json (forget_acc, sets.forget.nll, curve.acc, krs.attention)
     step     relearning step, for curves
-    layer    layer (window centre), for per-layer results (logit lens, patching KRS)
+    layer    layer (window centre), for per-layer results (logit lens, patching KRS, probes)
+    k        in-context shots
+    alpha    interpolation point between original (0) and unlearned (1) weights
+    bits     quantization width
     value    the number
+
+Which lists are series along which axis is each attack's declaration (``axes``, ``indexed`` of
+:class:`~unlearn_audit.results.schema.AttackDeclaration`, written into ``results.json``), never a
+guess from a key's name or a list's length alone. A list of lists declared ``indexed`` (the
+re-emergence saliency per step and layer) gives rows with two axes set.
 
 Table ``meta`` (key, value): config hash, experiment config and versions, as JSON strings.
 """
@@ -33,7 +41,10 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-COLUMNS = ("target", "model", "setting", "method", "params", "seed", "attack", "metric", "step", "layer", "value")
+from .schema import AXES, AttackDeclaration
+from .schema import declaration as declared
+
+COLUMNS = ("target", "model", "setting", "method", "params", "seed", "attack", "metric", *AXES, "value")
 STORE = "results.sqlite"
 
 
@@ -62,38 +73,73 @@ def _number(v) -> float | None:
     return None
 
 
-def flatten(doc: dict, prefix: str = "", steps=None, layers=None) -> Iterator[tuple[str, int | None, int | None, float]]:
-    """``(metric, step, layer, value)`` for every number in ``doc``. Lists as long as a
-    ``steps``/``layers`` list beside them (or above them) become one row per step/layer;
-    ``[lo, hi]`` intervals become ``<name>.lo``/``.hi``; nulls and strings are skipped."""
-    steps = doc["steps"] if isinstance(doc.get("steps"), list) else steps
-    layers = doc["layers"] if isinstance(doc.get("layers"), list) else layers
+def _numbers(value) -> bool:
+    return isinstance(value, list) and bool(value) and all(v is None or _number(v) is not None for v in value)
+
+
+def flatten(doc: dict, declaration: AttackDeclaration | None = None, prefix: str = "",
+            context: dict[str, list] | None = None, inherited: str | None = None,
+            ) -> Iterator[tuple[str, dict[str, float], float]]:
+    """``(metric, {axis: value}, value)`` for every number in ``doc``, read with the attack's
+    ``declaration`` (:class:`~unlearn_audit.results.schema.AttackDeclaration`; the default one
+    for evaluations): a key of ``axes`` holds an axis's values, and a list of numbers beside or
+    below it, as long as it, becomes one row per value (the innermost such axis wins); a key of
+    ``indexed`` is a list whose index is its axis, or a mapping of such lists (in a list of lists,
+    the inner index, the outer one read as above); ``[lo, hi]`` intervals (``*_ci``) become ``<name>.lo``/``.hi``; any other
+    list gives ``<name>.<i>`` rows; nulls and strings are skipped."""
+    declaration = declaration or AttackDeclaration()
+    context = dict(context or {})
+    for key, axis in declaration.axes.items():
+        if _numbers(doc.get(key)):
+            context.pop(axis, None)
+            context[axis] = doc[key]                      # last set: the innermost
     for key, value in doc.items():
-        if key in ("steps", "layers"):
+        if key in declaration.axes and _numbers(value):
             continue
         name = f"{prefix}{key}"
+        indexed = declaration.indexed.get(key, inherited)
         if _number(value) is not None:
-            yield name, None, None, _number(value)
+            yield name, {}, _number(value)
         elif isinstance(value, dict):
-            yield from flatten(value, f"{name}.", steps, layers)
-        elif isinstance(value, list) and value and all(v is None or _number(v) is not None for v in value):
-            if steps is not None and len(value) == len(steps):
-                rows = ((name, int(s), None, v) for s, v in zip(steps, value, strict=True))
-            elif layers is not None and len(value) == len(layers):
-                rows = ((name, None, int(layer), v) for layer, v in zip(layers, value, strict=True))
-            elif key.endswith("_ci") and len(value) == 2:
-                rows = ((f"{name}.{end}", None, None, v) for end, v in zip(("lo", "hi"), value, strict=True))
-            else:
-                rows = ((f"{name}.{i}", None, None, v) for i, v in enumerate(value))
-            yield from ((m, s, la, _number(v)) for m, s, la, v in rows if _number(v) is not None)
+            yield from flatten(value, declaration, f"{name}.", context, indexed)
+        elif _numbers(value):
+            yield from _series(name, value, _axis_of(context, len(value)), indexed, key)
+        elif (isinstance(value, list) and value and indexed is not None
+              and all(_numbers(v) or v == [] for v in value)):                 # [outer][inner index]
+            outer, inner = _axis_of(context, len(value)), indexed
+            for i, row in enumerate(value):
+                at = {outer[0]: outer[1][i]} if outer else {}
+                yield from ((f"{name}" if outer else f"{name}.{i}", {**at, inner: j}, _number(v))
+                            for j, v in enumerate(row) if _number(v) is not None)
+
+
+def _axis_of(context: dict[str, list], n: int) -> tuple[str, list] | None:
+    """The innermost declared axis with ``n`` values."""
+    for axis, values in reversed(list(context.items())):
+        if len(values) == n:
+            return axis, values
+    return None
+
+
+def _series(name: str, value: list, axis: tuple[str, list] | None, indexed: str | None, key: str):
+    if indexed is not None:
+        rows = ((name, {indexed: i}, v) for i, v in enumerate(value))
+    elif axis is not None:
+        rows = ((name, {axis[0]: axis[1][i]}, v) for i, v in enumerate(value))
+    elif key.endswith("_ci") and len(value) == 2:
+        rows = ((f"{name}.{end}", {}, v) for end, v in zip(("lo", "hi"), value, strict=True))
+    else:
+        rows = ((f"{name}.{i}", {}, v) for i, v in enumerate(value))
+    yield from ((m, at, _number(v)) for m, at, v in rows if _number(v) is not None)
 
 
 def tidy_rows(results: dict) -> list[dict]:
     """The tidy table of a ``results.json`` document (see the module docstring)."""
     rows: list[dict] = []
 
-    def add(base: dict, doc: dict) -> None:
-        rows.extend({**base, "metric": m, "step": s, "layer": la, "value": v} for m, s, la, v in flatten(doc))
+    def add(base: dict, doc: dict, declaration: AttackDeclaration | None = None) -> None:
+        for metric, at, value in flatten(doc, declaration):
+            rows.append({**base, "metric": metric, **{a: at.get(a) for a in AXES}, "value": value})
 
     for doc in target_docs(results):
         concept = doc.get("concept")
@@ -106,7 +152,8 @@ def tidy_rows(results: dict) -> list[dict]:
             for attack, per_model in baselines.items():
                 for model, values in per_model.items():
                     if isinstance(values, dict):
-                        add(_base(concept, model, model, None, None, None if seed == "None" else int(seed), attack), values)
+                        add(_base(concept, model, model, None, None, None if seed == "None" else int(seed), attack),
+                            values, declared(doc, attack))
         settings = doc.get("settings", {})
         for setting, m in doc.get("methods", {}).items():
             info = settings.get(setting, {})
@@ -115,7 +162,7 @@ def tidy_rows(results: dict) -> list[dict]:
             base = _base(concept, "unlearned", setting, method, params, info.get("seed"), None)
             add(base, {k: v for k, v in m.items() if k not in ("attacks", "params")})
             for attack, r in m.get("attacks", {}).items():
-                add({**base, "attack": attack}, r)
+                add({**base, "attack": attack}, r, declared(doc, attack))
     return rows
 
 
@@ -133,7 +180,7 @@ def write_store(out: Path, results: dict, meta: dict | None = None) -> Path:
     try:
         con.execute("CREATE TABLE results (target TEXT, model TEXT NOT NULL, setting TEXT, method TEXT, "
                     "params TEXT, seed INTEGER, attack TEXT, metric TEXT NOT NULL, step INTEGER, layer INTEGER, "
-                    "value REAL)")
+                    "k INTEGER, alpha REAL, bits INTEGER, value REAL)")
         con.executemany(f"INSERT INTO results VALUES ({', '.join('?' * len(COLUMNS))})",
                         [tuple(r[c] for c in COLUMNS) for r in tidy_rows(results)])
         con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
@@ -162,6 +209,10 @@ def read_rows(run_dir: Path) -> list[dict]:
         try:
             cur = con.execute(f"SELECT {', '.join(COLUMNS)} FROM results ORDER BY rowid")
             return [dict(zip(COLUMNS, r, strict=True)) for r in cur.fetchall()]
+        except sqlite3.OperationalError as e:
+            if "no such column" not in str(e):
+                raise UserInputError(f"{run_dir / STORE} is not a results store ({e}); run the experiment again") from None
+            # a store written before the k/alpha/bits columns: the rows again, from results.json
         except sqlite3.DatabaseError as e:
             raise UserInputError(f"{run_dir / STORE} is not a results store ({e}); run the experiment again") from None
         finally:
