@@ -17,8 +17,13 @@ MATRIX = {
 SETTINGS = ["none", "gradient_ascent[steps=1]", "gradient_ascent[steps=2]"]
 
 
-def without_timings(results: dict) -> dict:
-    return {k: v for k, v in results.items() if k != "timings_s"}
+def without_timings(results):
+    """``results`` with every ``timings_s`` (wall clock) removed, at any depth."""
+    if isinstance(results, dict):
+        return {k: without_timings(v) for k, v in results.items() if k != "timings_s"}
+    if isinstance(results, list):
+        return [without_timings(v) for v in results]
+    return results
 
 
 def write_experiment(path, out, **changes):

@@ -366,7 +366,7 @@ def test_cli_audit_runs_new_attacks_and_explains_a_missing_holdout(micro, micro_
     r = run_cli("audit", "quantize,weight_distance", "--original", micro[0].path, "--unlearned", str(tmp_path / "ga"),
                 "--oracle", micro[1].path, "--target", "world:0", "--out", str(tmp_path / "out"), "--json", env=env)
     assert r.returncode == 0, r.stderr
-    attacks = json.loads(r.stdout)["methods"]["gradient_ascent"]["attacks"]
+    attacks = json.loads(r.stdout)["targets"][0]["methods"]["gradient_ascent"]["attacks"]
     assert attacks["quantize"]["residual"] is not None and attacks["weight_distance"]["relative_change"] > 0
     save_target(micro_target, tmp_path / "t")
     (tmp_path / "t" / "holdout.jsonl").unlink()

@@ -37,8 +37,9 @@ def test_audit_writes_results_json(micro, unlearned_dir, env, tmp_path):
                 "--param", "steps=[0,5,10]", "--param", "bootstrap=100", "--json", env=env)
     assert r.returncode == 0, r.stderr
     on_disk = json.loads((out / "results.json").read_text())
-    assert json.loads(r.stdout)["methods"] == on_disk["methods"]
-    rtt = on_disk["methods"]["gradient_ascent"]["attacks"]["rtt"]
+    assert on_disk["concepts"] == [on_disk["targets"][0]["concept"]]          # one shape: a list of targets
+    assert json.loads(r.stdout)["targets"] == on_disk["targets"]
+    rtt = on_disk["targets"][0]["methods"]["gradient_ascent"]["attacks"]["rtt"]
     assert rtt["curve"]["steps"] == [0, 5, 10] and rtt["residual"] is not None
     assert (out / "curves.csv").is_file() and (out / "relearn.png").stat().st_size > 1000
 
@@ -69,7 +70,7 @@ def test_demo_micro(env, tmp_path):
     r = run_cli("demo", "--preset", "micro", "--methods", "none,npo_gd", "--attacks", "rtt", "--out", str(out),
                 "--json", env=env)
     assert r.returncode == 0, r.stderr
-    doc = json.loads(r.stdout)
+    doc = json.loads(r.stdout)["targets"][0]
     assert set(doc["methods"]) == {"none", "npo_gd"}
     assert doc["oracle"]["forget_acc"] <= 0.15
     assert (out / "results.json").is_file() and (out / "relearn.png").is_file()

@@ -181,9 +181,10 @@ def test_results_command_formats(reference):
     layers = con.execute("SELECT COUNT(*) FROM results WHERE model = 'oracle' AND attack = 'logit_lens' "
                          "AND metric = 'acc' AND layer IS NOT NULL").fetchone()[0]
     con.close()
-    m = run.results["methods"]["gradient_ascent[steps=2]"]
+    doc = run.results["targets"][0]
+    m = doc["methods"]["gradient_ascent[steps=2]"]
     assert value == m["forget_acc"] and layers == 2
-    assert steps == list(zip([0, 1], run.results["methods"]["gradient_ascent[steps=1]"]["attacks"]["rtt"]["curve"]["acc"],
+    assert steps == list(zip([0, 1], doc["methods"]["gradient_ascent[steps=1]"]["attacks"]["rtt"]["curve"]["acc"],
                              strict=True))
 
     r = run_cli("results", str(run_dir), "--format", "json")
@@ -191,7 +192,7 @@ def test_results_command_formats(reference):
     assert r.returncode == 0 and len(rows) == n
     r = run_cli("results", str(run_dir), "--format", "csv", "--metric", "*_acc", "--attack", "none")
     lines = r.stdout.strip().splitlines()
-    assert lines[0] == "target,model,setting,method,params,seed,attack,metric,step,layer,value"
+    assert lines[0] == "target,model,setting,method,params,seed,attack,metric,step,layer,k,alpha,bits,value"
     assert len(lines) - 1 == 5 * 4 and any(",gradient_ascent[steps=2]," in x and ",forget_acc," in x for x in lines)
     r = run_cli("results", str(run_dir), "--metric", "recovery", "--attack", "rtt")
     assert r.returncode == 0 and "gradient_ascent[steps=1]" in r.stdout
@@ -203,8 +204,9 @@ def test_compare_shows_the_differences(reference, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(reference[0], other)
     doc = json.loads((other / "results.json").read_text())
-    doc["methods"]["none"]["attacks"]["rtt"]["recovery"] = 0.25
-    doc["methods"]["gradient_ascent[steps=1]"]["retain_acc"] -= 0.125
+    methods = doc["targets"][0]["methods"]
+    methods["none"]["attacks"]["rtt"]["recovery"] = 0.25
+    methods["gradient_ascent[steps=1]"]["retain_acc"] -= 0.125
     (other / "results.json").write_text(json.dumps(doc))
     r = run_cli("compare", str(reference[0]), str(other), "--changed", "--json")
     assert r.returncode == 0, r.stderr

@@ -80,11 +80,11 @@ def test_a_diverging_cell_is_marked_and_the_rest_of_the_matrix_runs(micro, env, 
     assert r.returncode == 1, r.stderr
     assert r.stderr.strip().splitlines()[-1].startswith(
         "error: 1 of 3 cells failed (gradient_ascent[lr=1000]: ")
-    doc = json.loads((out / "results.json").read_text())
+    doc = json.loads((out / "results.json").read_text())["targets"][0]
     assert sorted(doc["methods"]) == ["gradient_ascent[lr=0.0001]", "none"]
     assert "became" in doc["failed"]["gradient_ascent[lr=1000]"]["error"]
     assert "Failed cells (1)" in (out / "report.html").read_text()
-    assert json.loads(r.stdout)["failed"] == doc["failed"]
+    assert json.loads(r.stdout)["targets"][0]["failed"] == doc["failed"]
 
 
 def test_fresh_deletes_nothing_when_the_run_cannot_start(matrix_reference, env, tmp_path):

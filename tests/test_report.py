@@ -43,7 +43,8 @@ def evil_run(micro, cache_dir, tmp_path_factory):
 
 def test_report_escapes_user_text(evil_run):
     run_dir, run = evil_run
-    assert run.results["concept"] == EVIL and run.results["oracle"] is not None
+    doc = run.results["targets"][0]
+    assert doc["concept"] == EVIL and doc["oracle"] is not None
     html = (run_dir / "report.html").read_text()
     assert EVIL not in html and "<script" not in html.lower() and "onerror=\"" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
@@ -81,7 +82,7 @@ def test_two_targets(micro, cache_dir, tmp_path):
     write_outputs(tmp_path / "run", run.results)
     names = [c.name for c in world.concepts[:2]]
     assert run.results["concepts"] == names and len(run.computed) == 2
-    first, second = (run.results["targets"][n] for n in names)
+    first, second = run.results["targets"]
     assert first["oracle"] is not None and second["oracle"] is None  # auto: an oracle for world targets only
     assert second["methods"]["gradient_ascent"]["attacks"]["logit_lens"]["residual"] is None
     for i, doc in enumerate((first, second)):
@@ -102,7 +103,7 @@ def test_best_value_per_column_ignores_references_and_none():
 
 
 def test_summary_rows_of_a_run(evil_run):
-    cols, rows = summary_rows(evil_run[1].results, ["rtt", "patching"])
+    cols, rows = summary_rows(evil_run[1].results["targets"][0], ["rtt", "patching"])
     assert cols == ["model", "forget", "held-out", "forget compl.", "retain", "unrelated", "rtt residual",
                     "patching KRS"]
     assert [r[0] for r in rows][:3] == ["original", "oracle", "none"] and len(rows) == 6

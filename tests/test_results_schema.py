@@ -105,7 +105,7 @@ def test_compare_reads_the_declared_headline():
     assert rows[("m", "w relative_change")]["diff"] == 0.0
 
 
-def _doc(attack: str, result: dict, baselines: dict | None = None) -> dict:
+def _store_doc(attack: str, result: dict, baselines: dict | None = None) -> dict:
     from unlearn_audit.attacks import get_attack
 
     ev = {"forget_acc": 1.0, "forget_heldout_acc": None, "retain_acc": None, "unrelated_acc": None}
@@ -115,7 +115,7 @@ def _doc(attack: str, result: dict, baselines: dict | None = None) -> dict:
             "declarations": {attack: get_attack(attack).declaration.model_dump()}}
 
 
-def _series(rows, attack: str, metric: str) -> list[tuple]:
+def _store_series(rows, attack: str, metric: str) -> list[tuple]:
     from unlearn_audit.results.schema import AXES
 
     return [(*(r[a] for a in AXES if r[a] is not None), r["value"]) for r in rows
@@ -126,20 +126,33 @@ def test_the_store_reads_series_axes_from_the_attacks_declarations():
     from unlearn_audit.results.store import tidy_rows
 
     # in_context: k is the axis of its curves, not a metric of its own
-    rows = tidy_rows(_doc("in_context", {"curves": {"heldout": {"k": [0, 2, 4], "acc": [0.1, 0.5, 0.7]}}}))
-    assert _series(rows, "in_context", "curves.heldout.acc") == [(0, 0.1), (2, 0.5), (4, 0.7)]
+    rows = tidy_rows(_store_doc("in_context", {"curves": {"heldout": {"k": [0, 2, 4], "acc": [0.1, 0.5, 0.7]}}}))
+    assert _store_series(rows, "in_context", "curves.heldout.acc") == [(0, 0.1), (2, 0.5), (4, 0.7)]
     assert [r for r in rows if r["metric"].startswith("curves.heldout.k")] == []
     assert {r["k"] for r in rows if r["metric"] == "curves.heldout.acc"} == {0, 2, 4}
     # weight_distance: alphas are alphas even beside a "layers" list of the same length
     wd = {"alphas": [0.0, 0.5, 1.0], "layers": [7, 8, 9], "interpolation": {"forget": {"nll": [1.0, 2.0, 3.0]}}}
-    rows = tidy_rows(_doc("weight_distance", wd))
+    rows = tidy_rows(_store_doc("weight_distance", wd))
     assert [(r["alpha"], r["layer"], r["value"]) for r in rows if r["metric"] == "interpolation.forget.nll"] == [
         (0.0, None, 1.0), (0.5, None, 2.0), (1.0, None, 3.0)]
     # relearning: saliency per [step][layer] becomes rows with both axes (it used to be dropped)
     rtt = {"reemergence": {"steps": [0, 5], "saliency_by_layer": {"m": [[0.1, 0.2], [0.3, 0.4]]}}}
-    rows = tidy_rows(_doc("rtt", rtt))
+    rows = tidy_rows(_store_doc("rtt", rtt))
     got = [(r["step"], r["layer"], r["value"]) for r in rows if r["metric"] == "reemergence.saliency_by_layer.m"]
     assert got == [(0, 0, 0.1), (0, 1, 0.2), (5, 0, 0.3), (5, 1, 0.4)]
     # probe: its per-layer accuracy is indexed by layer
-    rows = tidy_rows(_doc("probe", {"acc": [0.2, 0.9]}))
-    assert _series(rows, "probe", "acc") == [(0, 0.2), (1, 0.9)]
+    rows = tidy_rows(_store_doc("probe", {"acc": [0.2, 0.9]}))
+    assert _store_series(rows, "probe", "acc") == [(0, 0.2), (1, 0.9)]
+
+
+def test_results_json_is_always_a_list_of_targets_and_older_shapes_are_still_read():
+    from unlearn_audit.results.schema import run_document
+    from unlearn_audit.results.store import target_docs
+
+    a, b = (_store_doc("probe", {"acc": [0.5]}) | {"concept": c, "timings_s": {"total": t}} for c, t in (("a", 1.0), ("b", 2.5)))
+    one, two = run_document([a]), run_document([a, b], {"name": "x"})
+    assert (one["concepts"], one["targets"], one["timings_s"]) == (["a"], [a], {"total": 1.0})
+    assert (two["concepts"], two["timings_s"], two["experiment"]) == (["a", "b"], {"total": 3.5}, {"name": "x"})
+    assert target_docs(two) == [a, b] and target_docs(one) == [a]
+    assert target_docs(a) == [a]                                        # one target's document by itself
+    assert target_docs({"targets": {"a": a, "b": b}}) == [a, b]         # targets as a mapping

@@ -247,12 +247,13 @@ def audit_cmd(
     from .api import audit, target_for
     from .attacks import attack_fields, attack_names, get_attack
     from .experiment.demo import parse_list
-    from .experiment.rundir import write_run
+    from .experiment.rundir import write_json_atomic, write_run
     from .files import prepare_output_dir
     from .organisms import load_subject
     from .params import scope_params
     from .report.outputs import write_outputs
     from .report.tables import summary_rows
+    from .results.schema import run_document
 
     attacks = parse_list(name, (), attack_names(), "attack")
     overrides = scope_params(parse_params(param), attacks, attack_fields)
@@ -265,16 +266,19 @@ def audit_cmd(
     orc = load_subject(oracle, **kw) if oracle else None
     t = target_for(target, orig)
     method = unl.info.get("method", {}).get("name", "unlearned")
-    results = audit(orig, {method: unl}, t, attacks, orc, overrides)
-    paths = write_run(prepare_output_dir(out, "run"), results)
-    paths.update(write_outputs(out, results, report=False))
+    doc = audit(orig, {method: unl}, t, attacks, orc, overrides)
+    results = run_document([doc])
+    run_dir = prepare_output_dir(out, "run")
+    write_json_atomic(run_dir / "results.json", results)
+    write_run(run_dir, doc, with_results=False)
+    write_outputs(run_dir, results, report=False)
     if as_json:
         emit_json({**results, "run_dir": str(out)})
         return
-    cols, rows = summary_rows(results, attacks)
+    cols, rows = summary_rows(doc, attacks)
     table(f"{', '.join(attacks)} on {unl.name}: '{t.name}'", cols, rows)
-    print_reemergence(results)
-    print(f"run directory: {paths['results'].parent}", file=sys.stderr)
+    print_reemergence(doc)
+    print(f"run directory: {run_dir}", file=sys.stderr)
 
 
 @app.command("benchmark")
@@ -379,9 +383,10 @@ def demo_cmd(
     if as_json:
         emit_json({**results, "run_dir": str(paths["results"].parent)})
     else:
-        cols, rows = summary_rows(results, attack_list)
-        table(f"unlearning '{results['concept']}' on organism:{preset}@{seed}", cols, rows)
-        print_reemergence(results)
+        doc = results["targets"][0]
+        cols, rows = summary_rows(doc, attack_list)
+        table(f"unlearning '{doc['concept']}' on organism:{preset}@{seed}", cols, rows)
+        print_reemergence(doc)
         print(f"residual knowledge: 0 = as good as the oracle, 1 = nothing removed; computing it took "
               f"{results['timings_s']['total']:.0f} s", file=sys.stderr)
         print(f"run directory: {paths['results'].parent}", file=sys.stderr)

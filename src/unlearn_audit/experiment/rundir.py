@@ -52,12 +52,13 @@ def curve_rows(results: dict) -> list[dict]:
     return rows
 
 
-def write_run(out: Path, results: dict) -> dict[str, Path]:
-    """Write results.json, curves.jsonl and curves.csv into ``out`` (the figures and the report
-    are :func:`unlearn_audit.report.outputs.write_outputs`'s)."""
+def write_run(out: Path, results: dict, with_results: bool = True) -> dict[str, Path]:
+    """Write one target's ``results`` as curves.jsonl and curves.csv into ``out`` (and as
+    results.json, with ``with_results``: a run's own results.json is its runner's); the figures
+    and the report are :func:`unlearn_audit.report.outputs.write_outputs`'s."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"results": write_json_atomic(out / "results.json", results)}
+    paths = {"results": write_json_atomic(out / "results.json", results)} if with_results else {}
     rows = [_clean(r) for r in curve_rows(results)]
     if rows:
         write_text_atomic(out / "curves.jsonl", "".join(json.dumps(r) + "\n" for r in rows))

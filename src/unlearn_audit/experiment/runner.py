@@ -22,7 +22,7 @@ from pathlib import Path
 from .. import progress
 from ..errors import RunError, UnlearnAuditError
 from ..files import prepare_output_dir
-from ..results.schema import target_document
+from ..results.schema import run_document, target_document
 from ..results.store import target_dirs, write_store
 from .checkpoint import (
     FORMAT,
@@ -248,15 +248,15 @@ def run_experiment(exp: Experiment, source_text: str | None = None, *, out: str 
 
 def assemble(exp: Experiment, cells: list[Cell], done: dict[str, dict], shared: dict[tuple[str, int], dict],
              failed: dict[str, dict] | None = None) -> dict:
-    """``results.json`` from the stored files: per target the document of ``docs/results.md``
-    (methods keyed by setting name; :func:`unlearn_audit.results.schema.target_document`; cells
-    that failed listed under ``failed`` with their error); with several targets, ``targets``
-    maps each concept to one."""
+    """``results.json`` from the stored files (:func:`unlearn_audit.results.schema.run_document`):
+    ``targets``, a list with per target the document of ``docs/results.md`` (methods keyed by
+    setting name; :func:`unlearn_audit.results.schema.target_document`; cells that failed
+    listed under ``failed`` with their error), one target or many."""
     from ..attacks import get_attack
 
     failed = failed or {}
     declarations = {a: get_attack(a).declaration for a in exp.attacks}
-    docs: dict[str, dict] = {}
+    docs: list[dict] = []
     for target in exp.targets:
         first = shared[(target, exp.seeds[0])]
         mine = [c for c in cells if c.target == target and c.key in done]
@@ -282,25 +282,18 @@ def assemble(exp: Experiment, cells: list[Cell], done: dict[str, dict], shared: 
             extra["failed"] = lost
         doc = target_document(first, {c.setting: done[c.key]["result"] for c in mine}, baselines[exp.seeds[0]],
                               declarations, {k: round(v, 2) for k, v in timings.items()}, **extra)
-        name = doc["concept"] if doc["concept"] not in docs else f"{doc['concept']} ({target})"
-        docs[name] = doc
-    if len(docs) == 1:
-        return next(iter(docs.values()))
-    return {"subject": next(iter(docs.values()))["subject"], "concepts": list(docs), "targets": docs,
-            "experiment": {"name": exp.name, "config_hash": config_hash(exp), "cells": len(cells)},
-            "timings_s": {"total": round(sum(d["timings_s"]["total"] for d in docs.values()), 2)}}
+        docs.append(doc)
+    return run_document(docs, {"name": exp.name, "config_hash": config_hash(exp), "cells": len(cells)})
 
 
 def write_outputs(out: Path, results: dict, manifest: dict) -> dict[str, Path]:
     """``results.json`` with curves and figures (per target under ``targets/`` when there are
     several) and ``results.sqlite``."""
-    if "targets" in results:
-        write_json_atomic(out / "results.json", results)
-        paths = {"results": out / "results.json"}
-        for path, doc in target_dirs(out, results):
-            write_run(path, doc)
-    else:
-        paths = write_run(out, results)
+    write_json_atomic(out / "results.json", results)
+    paths = {"results": out / "results.json"}
+    for path, doc in target_dirs(out, results):
+        paths.update(write_run(path, doc, with_results=path != out))
+    paths["results"] = out / "results.json"
     meta = {"config_hash": manifest["config_hash"], "experiment": manifest.get("experiment"),
             "sessions": manifest.get("sessions")}
     paths["store"] = write_store(out, results, meta)

@@ -99,6 +99,26 @@ def target_document(shared: dict, methods: dict, baselines: dict, declarations: 
     return validate_target(doc)
 
 
+class RunResult(BaseModel):
+    """``results.json``: one target or many, always as a list."""
+
+    model_config = ConfigDict(extra="allow")
+    subject: str
+    concepts: list[str]
+    targets: list[TargetResult]
+    timings_s: dict[str, float] = {}
+
+
+def run_document(targets: list[dict], experiment: dict | None = None, **extra) -> dict:
+    """The one shape of ``results.json``: ``targets`` (each a :func:`target_document`), their
+    ``concepts`` in order, the subject, and the total time."""
+    doc = {"subject": targets[0]["subject"], "concepts": [t["concept"] for t in targets], "targets": targets,
+           **({"experiment": experiment} if experiment else {}),
+           "timings_s": {"total": round(sum(t["timings_s"].get("total", 0.0) for t in targets), 2)}, **extra}
+    RunResult.model_validate(doc)
+    return doc
+
+
 def validate_target(doc: dict) -> dict:
     """``doc`` itself, after checking it against :class:`TargetResult` (a mistake in an attack or
     the assembler fails here, before anything is written)."""

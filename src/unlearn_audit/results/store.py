@@ -49,17 +49,22 @@ STORE = "results.sqlite"
 
 
 def target_docs(results: dict) -> list[dict]:
-    """The per-target documents of ``results.json`` (one unless the experiment had several targets)."""
-    return list(results["targets"].values()) if "targets" in results else [results]
+    """The per-target documents of ``results.json`` (files of older versions too: a mapping of
+    targets, or one target's document by itself)."""
+    targets = results.get("targets")
+    if isinstance(targets, list):
+        return targets
+    return list(targets.values()) if isinstance(targets, dict) else [results]
 
 
 def target_dirs(out: Path, results: dict) -> list[tuple[Path, dict]]:
     """Where each target's curves and figures go: the run directory itself for one target, else
     ``targets/<i>-<concept>`` per target."""
-    if "targets" not in results:
-        return [(Path(out), results)]
+    docs = target_docs(results)
+    if len(docs) == 1:
+        return [(Path(out), docs[0])]
     dirs = []
-    for i, doc in enumerate(results["targets"].values()):
+    for i, doc in enumerate(docs):
         slug = "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in doc["concept"])[:40]
         dirs.append((Path(out) / "targets" / f"{i}-{slug}", doc))
     return dirs
@@ -231,7 +236,7 @@ def load_results(run_dir: Path) -> dict:
     from ..files import read_json
 
     doc = read_json(path, "results file")
-    if not isinstance(doc, dict) or not isinstance(doc.get("targets", doc.get("methods", {})), dict):
+    if not isinstance(doc, dict) or not isinstance(doc.get("targets", doc.get("methods", {})), dict | list):
         raise UserInputError(f"{path} is not a results document (a JSON object with methods or targets); "
                              "run the experiment again to rewrite it")
     return doc
