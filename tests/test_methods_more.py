@@ -76,9 +76,14 @@ def test_eco_guards_forget_and_survives_copy_and_save(micro, micro_target, tmp_p
     assert suite.accuracies(micro[0].model)["forget"] >= 0.9
 
 
-def test_retrain_is_the_oracle_and_needs_the_organism(micro, micro_target, tiny_model_dirs):
+def test_retrain_is_the_oracle_and_needs_the_organism(micro, micro_target, tiny_model_dirs, tmp_path, monkeypatch):
+    # the oracle comes from the cache the organism was loaded from, not the default one (which
+    # would train it again there)
+    monkeypatch.setenv("UNLEARN_AUDIT_CACHE", str(tmp_path / "default-cache"))
     u = unlearn(micro[0], micro_target, "retrain")
     assert torch.equal(_weights(u), _weights(micro[1]))
+    assert not (tmp_path / "default-cache").exists()
+    assert u.info["organism"]["kind"] == "oracle" and u.info["method"]["name"] == "retrain"
     from unlearn_audit.data.target import load_target
 
     other = load_subject(tiny_model_dirs["llama"], device="cpu")

@@ -8,6 +8,8 @@ that never knew the concept.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..errors import UserInputError
 from .base import Method, MethodParams, register_method
 
@@ -18,14 +20,25 @@ class Retrain(Method):
     Params = MethodParams
 
     def apply(self, out, subject, target, params):
-        from ..organisms import organism
+        from ..organisms import organism, organism_key
 
         meta = subject.info.get("organism")
         concept = target.source.get("concept")
         if not meta or meta.get("kind") != "full" or concept is None:
             raise UserInputError("retrain needs the built-in organism (organism:<preset>) and a world:<concept> "
                                  "target: other models cannot be retrained without the concept here")
-        _, oracle = organism(meta["preset"], meta["seed"], concept=concept)
+        _, oracle = organism(meta["preset"], meta["seed"], concept=concept,
+                             cache_dir=_cache_of(subject, organism_key(meta["preset"], meta["seed"])))
         out.model.load_state_dict(oracle.model.state_dict())  # the copy becomes the oracle, bit for bit
         out.info = {**oracle.info}
         return None
+
+
+def _cache_of(subject, key: str) -> Path | None:
+    """The organism cache ``subject`` was loaded from (``<cache>/organisms/<key>/full``), so the
+    oracle comes from the same one; None (the default cache) for a subject from elsewhere."""
+    if subject.path:
+        path = Path(subject.path)
+        if path.parent.name == key and path.parent.parent.name == "organisms":
+            return path.parents[2]
+    return None
