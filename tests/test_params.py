@@ -39,3 +39,24 @@ def test_relearning_takes_its_old_parameter_names_with_a_warning(capsys, monkeyp
         rtt.params({"steps": [0, 3], "checkpoints": [0, 5]})
     # the old name is accepted on the command line too (it is one of the attack's fields)
     assert scope_params({"steps": [0, 1]}, ["rtt", "probe"], attack_fields) == {"rtt": {"steps": [0, 1]}, "probe": {}}
+
+
+def test_validated_params_are_carried_as_objects_not_validated_again(monkeypatch, micro, micro_target):
+    # a cell's method parameters are validated once, in the config; the method gets that object
+    from unlearn_audit.api import unlearn
+    from unlearn_audit.experiment.config import expand, parse_experiment
+    from unlearn_audit.methods import get_method
+    from unlearn_audit.params import validate_params
+
+    m = get_method("gradient_ascent")
+    p = m.params({"steps": 1})
+    assert validate_params(type(p), p, "x") is p
+    cell = expand(parse_experiment({"subject": {"organism": "micro"}, "target": "world:0",
+                                    "methods": {"gradient_ascent": {"steps": 1}}, "attacks": ["logit_lens"]}))[0]
+    assert cell.method_params.model_dump() == cell.params and cell.method_params.steps == 1
+    calls = []
+    monkeypatch.setattr(type(p), "__init__", lambda self, **kw: calls.append(kw))  # any new validation
+    u = unlearn(micro[0], micro_target, "gradient_ascent", cell.method_params)
+    assert calls == [] and u.info["method"]["params"] == cell.params
+    with pytest.raises(UserInputError, match="not both"):
+        unlearn(micro[0], micro_target, "gradient_ascent", p, steps=2)

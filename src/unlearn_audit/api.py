@@ -34,12 +34,16 @@ def target_for(spec: str | os.PathLike, subject: Subject | None = None, seed: in
     return load_target(spec, world=world, seed=seed)
 
 
-def unlearn(subject: Subject, target: Target, method: str, **params: Any) -> Subject:
-    """Apply unlearning method ``method`` (a registered name) to a copy of ``subject``."""
+def unlearn(subject: Subject, target: Target, method: str, params: Any = None, **overrides: Any) -> Subject:
+    """Apply unlearning method ``method`` (a registered name) to a copy of ``subject``, with its
+    validated ``params`` object (``get_method(method).params(...)``) or keyword overrides of its
+    defaults (``unlearn(s, t, "npo_gd", beta=3)``)."""
     from .methods import get_method
 
     m = get_method(method)
-    return m.run(subject, target, m.params(params))
+    if params is not None and overrides:
+        raise UserInputError("unlearn: give params or keyword overrides, not both")
+    return m.run(subject, target, m.params(params if params is not None else overrides))
 
 
 class Evaluator:
@@ -118,7 +122,8 @@ def audit(original: Subject, unlearned: Subject | Mapping[str, Subject], target:
 
     Args:
         unlearned: one subject, or several by method name.
-        attack_params: per attack name, parameter overrides (e.g. ``{"rtt": {"lr": 1e-4}}``).
+        attack_params: per attack name, parameter overrides (e.g. ``{"rtt": {"lr": 1e-4}}``) or
+            a validated params object (``get_attack("rtt").params(...)``).
         shared: the result of :func:`references` for the same original, oracle, target, attacks
             and parameters (computed here when not given).
         on_attack: called with each attack's name as it starts (progress displays).

@@ -216,7 +216,7 @@ def unlearn_cmd(
     t = target_for(target, s)
     suite = EvalSuite(s, t.eval_sets())  # encoded once for both evaluations
     before = evaluate(s, t, suite)
-    u = unlearn(s, t, method, **params.model_dump())
+    u = unlearn(s, t, method, params)  # validated once, above
     u.save(out)
     after = evaluate(u, t, suite)
     doc = {"subject": s.name, "target": t.name, "method": method, "params": params.model_dump(),

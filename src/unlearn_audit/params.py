@@ -67,7 +67,10 @@ def scope_params(values: Mapping[str, Any], names: Sequence[str], fields: Callab
 def validate_params(model: type[BaseModel], values: Mapping[str, Any] | None, what: str) -> BaseModel:
     """``model(**values)``; the first validation error becomes a :class:`UserInputError` naming
     ``what`` (e.g. ``"method 'npo'"``), the key and, for an unknown key, the valid ones.
-    Strings (from the CLI) are coerced by pydantic."""
+    Strings (from the CLI) are coerced by pydantic; an instance of ``model`` is validated
+    already and is returned as it is (parameters are validated once, then carried as objects)."""
+    if isinstance(values, model):
+        return values
     try:
         return model(**dict(values or {}))
     except ValidationError as e:

@@ -26,7 +26,7 @@ import hashlib
 import itertools
 import json
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -142,6 +142,7 @@ class Cell:
     setting: str       # readable name: npo_gd, or npo_gd[beta=3,lr=0.0001] when a grid varies
     seed: int
     key: str           # hash of everything that determines the cell's result
+    method_params: Any = field(default=None, compare=False, repr=False)  # ``params`` validated: the object
 
 
 # ----------------------------------------------------------------------------- loading
@@ -306,11 +307,12 @@ def _check_entry(where: str, section: str, noun: str, name: str, settings, known
         raise UserInputError(f"{where}: {section}.{name}.seed: set seeds at the top level (seeds: [0, 1])")
 
 
-def _validated_method_params(name: str, values: dict, where: str = "experiment", seed: int = 0) -> dict:
+def _validated_method_params(name: str, values: dict, where: str = "experiment", seed: int = 0):
+    """The method's validated params object (the cell carries it to the method)."""
     from ..methods import get_method
 
     try:
-        return get_method(name).params({**values, "seed": seed}).model_dump()
+        return get_method(name).params({**values, "seed": seed})
     except UserInputError as e:
         raise UserInputError(f"{where}: methods.{name}: {e}") from None
 
@@ -389,7 +391,8 @@ def expand(exp: Experiment) -> list[Cell]:
                 settings = method_settings(method, grid)
                 varying = [k for k in grid if len({format_value(s[k]) for s in settings}) > 1]
                 for values in settings:
-                    params = _validated_method_params(method, values, seed=seed)
+                    validated = _validated_method_params(method, values, seed=seed)
+                    params = validated.model_dump()
                     shown = [f"{k}={format_value(params[k])}" for k in varying]
                     if several_seeds:
                         shown.append(f"seed={seed}")
@@ -397,7 +400,7 @@ def expand(exp: Experiment) -> list[Cell]:
                     key = digest({"subject": exp.subject.model_dump(), "target": target, "method": method,
                                   "params": params, "seed": seed, "attacks": attacks,
                                   "agreement": exp.agreement, "threads": threads_used(exp)})[:20]
-                    cells.append(Cell(target, method, params, setting, seed, key))
+                    cells.append(Cell(target, method, params, setting, seed, key, validated))
     seen: dict[tuple[str, str], Cell] = {}
     for c in cells:
         if (c.target, c.setting) in seen:

@@ -124,8 +124,11 @@ class Subjects:
         return self._oracles[name]
 
 
-def attack_params(exp: Experiment, seed: int) -> dict[str, dict]:
-    return {a: {**settings, "seed": seed} for a, settings in exp.attacks.items()}
+def attack_params(exp: Experiment, seed: int) -> dict:
+    """Each attack's validated parameters under the cell's ``seed`` (objects, validated here once)."""
+    from ..attacks import get_attack
+
+    return {a: get_attack(a).params({**settings, "seed": seed}) for a, settings in exp.attacks.items()}
 
 
 def _shared_work(out: Path, exp: Experiment, subjects: Subjects, target: str, seed: int) -> dict:
@@ -154,7 +157,7 @@ def _run_cell(out: Path, exp: Experiment, subjects: Subjects, cell: Cell, shared
     target = subjects.target(cell.target)
     with progress.bar(f"cell {label}: {cell.setting}", 2 + len(exp.attacks)) as bar:
         bar.update(info="unlearning")
-        unlearned = unlearn(subjects.original, target, cell.method, **cell.params)
+        unlearned = unlearn(subjects.original, target, cell.method, cell.method_params or cell.params)
         unlearn_s = time.perf_counter() - start
         bar.advance(info="evaluating")
         res = audit(subjects.original, {cell.setting: unlearned}, target, list(exp.attacks),
