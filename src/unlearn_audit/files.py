@@ -1,7 +1,7 @@
 """The file-system edge of the tool: reading the user's text files, preparing output
 directories, writing files atomically.
 
-Two promises rest on this module (DESIGN.md, "Errors" and "Nothing lost"):
+Two promises rest on this module (README, "Conventions"; docs/experiments.md, resuming):
 
 - **Bad input is one line.** Every text file a user hands us (experiment files, target JSONL,
   ``target.json``, ``results.json``) is read by :func:`read_text`, which turns undecodable

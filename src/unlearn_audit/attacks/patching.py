@@ -130,11 +130,15 @@ def krs(mse_restored: torch.Tensor, mse_unlearned: torch.Tensor) -> float | None
     return float((1 - mse_restored[ok] / mse_unlearned[ok]).mean())
 
 
-def _patched_forward(model, batch: dict, cached: dict[Site, torch.Tensor], wins: list[list[int]],
-                     kinds: tuple[str, ...], max_rows: int) -> torch.Tensor:
-    """Logits (len(wins) * B, T, V) of ``batch`` stacked once per window, copy w restoring
-    ``cached`` (activations of the same B rows) at the layers of window w; at most ``max_rows``
-    rows per forward pass."""
+def patch_windows(model, batch: dict, cached: dict[Site, torch.Tensor], wins: list[list[int]],
+                  kinds: tuple[str, ...], metric, max_rows: int) -> torch.Tensor:
+    """The generic patching driver (the shape of TransformerLens's ``generic_activation_patch``):
+    ``(len(wins), B)`` values of ``metric`` on the logits of ``batch`` run with ``cached``
+    (activations of the same B rows, at sites of ``kinds``) restored at the layers of each
+    window. ``metric(logits, w)`` maps the ``(B, T, V)`` logits of window ``w`` to ``(B,)``. The
+    copies of the batch for all windows are stacked along the batch, at most ``max_rows`` rows
+    per forward pass; each pass's logits are reduced by ``metric`` before the next (only one
+    pass's logits are ever held)."""
     n = batch["input_ids"].shape[0]
     per_pass = max(1, max_rows // n)
     out = []
@@ -158,8 +162,9 @@ def _patched_forward(model, batch: dict, cached: dict[Site, torch.Tensor], wins:
 
                 fns[Site(kind, layer)] = restore
         with hooks(model, fns):
-            out.append(forward_logits(model, stacked))
-    return torch.cat(out)
+            logits = forward_logits(model, stacked)
+        out += [metric(logits[i * n:(i + 1) * n], g + i) for i in range(len(group))]
+    return torch.stack(out)
 
 
 def _donors(items: Sequence[QA], pool: Sequence[QA], prompt_lengths: list[int], pool_lengths: list[int]) -> list[int | None]:
@@ -216,10 +221,11 @@ def krs_profile(original, unlearned, items: Sequence[QA], params: PatchingParams
             logits_v = held["logits"]
             mse_u = per_row_mse(forward_logits(model_u, dev), logits_v, mask)                    # (B,)
             mse_u_all.append(mse_u.cpu())
-            rep_mask, rep_ref = mask.repeat(len(wins), 1), logits_v.repeat(len(wins), 1, 1)
+            def vs_vanilla(logits, w, ref=logits_v, mask=mask):
+                return per_row_mse(logits, ref, mask)
+
             for name, kinds in _SITES.items():
-                logits = _patched_forward(model_u, dev, cached, wins, kinds, params.max_rows)
-                mse[name].append(per_row_mse(logits, rep_ref, rep_mask).view(len(wins), -1).cpu())
+                mse[name].append(patch_windows(model_u, dev, cached, wins, kinds, vs_vanilla, params.max_rows).cpu())
             vv = []
             for win in wins:
                 with patched_weights(model_u, {layer: value_vectors(model_v, layer) for layer in win}):
@@ -235,9 +241,11 @@ def krs_profile(original, unlearned, items: Sequence[QA], params: PatchingParams
                 d_cached = record(model_v, [s for s in sites if s.kind == "mlp_coefficients"],
                                   lambda d_dev=d_dev: forward_logits(model_v, d_dev))
                 r_dev = {k: v[have] for k, v in dev.items()}
-                logits = _patched_forward(model_u, r_dev, d_cached, wins, ("mlp_coefficients",), params.max_rows)
-                content_rows.append(per_row_mse(logits, logits_v[have].repeat(len(wins), 1, 1),
-                                                mask[have].repeat(len(wins), 1)).view(len(wins), -1).cpu())
+                def vs_recipient(logits, w, ref=logits_v[have], mask=mask[have]):
+                    return per_row_mse(logits, ref, mask)
+
+                content_rows.append(patch_windows(model_u, r_dev, d_cached, wins, ("mlp_coefficients",),
+                                                  vs_recipient, params.max_rows).cpu())
                 content_mse_u.append(mse_u[have].cpu())
     finally:
         model_v.train(was[0])
