@@ -396,13 +396,14 @@ def test_cuda_on_a_cpu_only_torch_is_refused(model_copy):
 
 
 def test_saving_over_a_model_directory_keeps_foreign_files(micro, tmp_path):
-    out = micro[0].copy().save(tmp_path / "m")
+    model = micro[0].copy()  # saving sets a subject's path: the shared fixture stays as it is
+    out = model.save(tmp_path / "m")
     assert sorted(json.loads((out / ".unlearn-audit").read_text())["files"]) == sorted(
         p.name for p in out.iterdir() if p.name != ".unlearn-audit")
-    micro[0].save(out)  # ours, holding only our files: replaced
+    model.save(out)  # ours, holding only our files: replaced
     (out / "notes.txt").write_text("mine")
     from unlearn_audit.errors import UserInputError
 
     with pytest.raises(UserInputError, match=r"holds files unlearn-audit did not write \(notes.txt\)"):
-        micro[0].save(out)
+        model.save(out)
     assert (out / "notes.txt").read_text() == "mine" and (out / "model.safetensors").is_file()

@@ -76,11 +76,15 @@ def test_eco_guards_forget_and_survives_copy_and_save(micro, micro_target, tmp_p
     assert suite.accuracies(micro[0].model)["forget"] >= 0.9
 
 
-def test_retrain_is_the_oracle_and_needs_the_organism(micro, micro_target, tiny_model_dirs, tmp_path, monkeypatch):
+def test_retrain_is_the_oracle_and_needs_the_organism(micro, micro_target, tiny_model_dirs, tmp_path, monkeypatch,
+                                                     cache_dir):
     # the oracle comes from the cache the organism was loaded from, not the default one (which
     # would train it again there)
+    from unlearn_audit.organisms import organism
+
+    full, _ = organism("micro", 0, cache_dir=cache_dir)  # loaded from the test cache
     monkeypatch.setenv("UNLEARN_AUDIT_CACHE", str(tmp_path / "default-cache"))
-    u = unlearn(micro[0], micro_target, "retrain")
+    u = unlearn(full, micro_target, "retrain")
     assert torch.equal(_weights(u), _weights(micro[1]))
     assert not (tmp_path / "default-cache").exists()
     assert u.info["organism"]["kind"] == "oracle" and u.info["method"]["name"] == "retrain"
