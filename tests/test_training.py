@@ -55,3 +55,74 @@ def test_minibatches_cover_each_epoch():
     it = shuffled_minibatches(data, 5, seed=0)
     seen = torch.cat([next(it)["input_ids"] for _ in range(2)]).flatten().tolist()
     assert sorted(seen) == list(range(10))
+
+
+def _tiny_llama(seed=0):
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    cfg = tf.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, attention_dropout=0.0)
+    return tf.LlamaForCausalLM(cfg)
+
+
+def _rows(n=8, length=12, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 64, (n, length), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+
+def _gradient(config: TrainConfig, batches) -> dict[str, torch.Tensor]:
+    """Every parameter's gradient of the last optimiser step (the loop leaves it in .grad)."""
+    model = _tiny_llama()
+    train(model, lambda b: mean_token_nll(model, b), iter(batches), config)
+    return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+def test_gradient_accumulation_equals_one_batch_k_times_the_size():
+    # equal-length rows, every token labelled: the mean of the 4 micro-batch means is the batch mean
+    data = _rows()
+    micro = [{k: v[i:i + 2] for k, v in data.items()} for i in range(0, 8, 2)]
+    one = _gradient(TrainConfig(steps=1, lr=1e-3, max_grad_norm=None), [data])
+    four = _gradient(TrainConfig(steps=1, lr=1e-3, max_grad_norm=None, grad_accum_steps=4), micro)
+    assert max(float((one[n] - four[n]).abs().max()) for n in one) <= 1e-6
+    just_first = _gradient(TrainConfig(steps=1, lr=1e-3, max_grad_norm=None), micro[:1])
+    assert max(float((one[n] - just_first[n]).abs().max()) for n in one) > 1e-3  # the check can fail
+
+
+def test_gradient_checkpointing_changes_no_gradient_and_is_switched_off_after():
+    data = _rows()
+    plain = _gradient(TrainConfig(steps=1, lr=1e-3, max_grad_norm=None), [data])
+    model = _tiny_llama()
+    during = []
+    train(model, lambda b: mean_token_nll(model, b), iter([data]),
+          TrainConfig(steps=1, lr=1e-3, max_grad_norm=None, gradient_checkpointing=True),
+          on_step=lambda step, loss: during.append(any(getattr(m, "gradient_checkpointing", False)
+                                                       for m in model.modules())))
+    assert during == [True]                                       # it was on while training
+    assert max(float((plain[n] - p.grad).abs().max()) for n, p in model.named_parameters()) <= 1e-6
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+
+
+def test_methods_and_relearning_take_the_batching_knobs(micro, micro_target):
+    from unlearn_audit.api import unlearn
+    from unlearn_audit.attacks import get_attack
+
+    u = unlearn(micro[0], micro_target, "gradient_ascent", steps=2, grad_accum_steps=2, gradient_checkpointing=True)
+    assert u.info["method"]["params"]["grad_accum_steps"] == 2
+    assert get_attack("rtt").params({"grad_accum_steps": 4}).grad_accum_steps == 4
+    with pytest.raises(UserInputError, match="grad_accum_steps"):
+        unlearn(micro[0], micro_target, "gradient_ascent", grad_accum_steps=0)
+
+
+def test_max_length_truncates_the_texts_methods_and_relearning_train_on(micro, micro_target):
+    from unlearn_audit.attacks.relearn import RELEARNING, _train_data
+    from unlearn_audit.methods import get_method
+
+    m = get_method("gradient_difference")
+    full = m.forget_data(micro[0], micro_target, m.params({"forget_on": "text"}))
+    short = m.forget_data(micro[0], micro_target, m.params({"forget_on": "text", "max_length": 16}))
+    assert full["input_ids"].shape[1] > 16 and short["input_ids"].shape[1] == 16
+    assert torch.equal(short["input_ids"][:, :8], full["input_ids"][:, :8])   # the same texts, cut
+    assert m.retain_data(micro[0], micro_target, 16)[-1]["input_ids"].shape[1] == 16   # [qa, texts]: texts cut
+    assert _train_data(micro[0], micro_target, RELEARNING["forget_data"], 16)["input_ids"].shape[1] == 16

@@ -54,6 +54,10 @@ class RelearnParams(AttackParams):
         description="Optimiser steps at which to evaluate (0: before relearning); the last is the run's length.")
     lr: float = Field(3e-4, gt=0, description="Relearning learning rate (AdamW, constant).")
     batch_size: int = Field(16, ge=1)
+    grad_accum_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per optimiser step "
+                                  "(effective batch: batch_size x grad_accum_steps).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass.")
+    max_length: int = Field(256, ge=8, le=1_048_576, description="Tokens per training text (longer ones are truncated).")
     runs: int = Field(1, ge=1, le=1000, description="Relearning runs, with seeds seed..seed+runs-1; curves are averaged.")
     bootstrap: int = Field(1000, ge=0, le=1_000_000, description="Bootstrap resamples for the intervals (0: none).")
     reemergence: bool = Field(True, description="Track concept neurons at every checkpoint (first seed).")
@@ -82,13 +86,13 @@ RELEARNING = {
 WATCH = ("unrelated",)  # also tracked at every checkpoint, to see damage or repair
 
 
-def _train_data(subject, target, attack: Relearning):
+def _train_data(subject, target, attack: Relearning, max_length: int = 256):
     tok = subject.tokenizer
     if attack.train_on == "forget_qa":
         return encode_qa(tok, target.forget_qa, subject.prompt_template, subject.answer_eos)
     texts = target.forget_text if attack.train_on == "forget_text" else target.retain_text
     if texts:
-        return encode_texts(tok, texts)
+        return encode_texts(tok, texts, max_length)
     qa = target.all_forget_qa if attack.train_on == "forget_text" else target.retain_qa
     return encode_qa(tok, qa, subject.prompt_template, subject.answer_eos)
 
@@ -127,7 +131,8 @@ def relearn_curve(subject, train_data, suite: EvalSuite, params: RelearnParams, 
     if checkpoints[-1] > 0:
         batches = shuffled_minibatches(train_data, params.batch_size, seed, subject.device)
         train(model, lambda b: mean_token_nll(model, b), batches,
-              TrainConfig(steps=checkpoints[-1], lr=params.lr, seed=seed), on_step=on_step,
+              TrainConfig(steps=checkpoints[-1], lr=params.lr, seed=seed, grad_accum_steps=params.grad_accum_steps,
+                          gradient_checkpointing=params.gradient_checkpointing), on_step=on_step,
               description=f"relearning {label}")
     return {"steps": checkpoints, "correct": {k: np.stack(v) for k, v in correct.items()}}
 
@@ -162,7 +167,7 @@ class Relearn(Attack):
             raise UserInputError(f"attack {self.name!r} needs the target's {', '.join(missing)} QA set")
         scorer = (ItemScorer(suite, target, params.metric, self.kind.eval_sets, params.max_new_tokens)
                   if params.metric != "exact_match" else None)
-        setup = {"suite": suite, "data": _train_data(original, target, self.kind), "scorer": scorer}
+        setup = {"suite": suite, "data": _train_data(original, target, self.kind, params.max_length), "scorer": scorer}
         if params.reemergence:  # concept neurons are tracked on the first run
             probe = concept_probe(original, target, params.top_frac, params.seed)
             setup["probe"], setup["original_scores"] = probe, saliency(original.model, probe)

@@ -90,6 +90,12 @@ class FineTuneParams(MethodParams):
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (None: off).")
+    grad_accum_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per optimiser step "
+                                  "(effective batch: batch_size x grad_accum_steps).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass "
+                                         "(less memory, ~30% more time; Hugging Face models).")
+    max_length: int = Field(256, ge=8, le=1_048_576, description="Tokens per text (longer texts are truncated; "
+                            "MUSE and WMDP documents run to 2048).")
 
 
 class RetainParams(FineTuneParams):
@@ -131,18 +137,18 @@ class FineTuneMethod(Method):
         if forget_on in ("text", "both"):
             if not target.forget_text:
                 raise UserInputError("forget_on=text needs texts in forget.jsonl; use forget_on=qa")
-            parts.append(encode_texts(subject.tokenizer, target.forget_text))
+            parts.append(encode_texts(subject.tokenizer, target.forget_text, params.max_length))
         return concat_batches(*parts, pad_id=subject.tokenizer.pad_token_id)
 
     @staticmethod
-    def retain_data(subject: Subject, target) -> list[dict[str, torch.Tensor]]:
-        """The retain set, encoded: QA pairs (answer-only loss) and texts (full loss), when the
-        target has both."""
+    def retain_data(subject: Subject, target, max_length: int = 256) -> list[dict[str, torch.Tensor]]:
+        """The retain set, encoded: QA pairs (answer-only loss) and texts (full loss, at most
+        ``max_length`` tokens each), when the target has both."""
         tok, parts = subject.tokenizer, []
         if target.retain_qa:
             parts.append(encode_qa(tok, target.retain_qa, subject.prompt_template, subject.answer_eos))
         if target.retain_text:
-            parts.append(encode_texts(tok, target.retain_text))
+            parts.append(encode_texts(tok, target.retain_text, max_length))
         return parts
 
     def stream(self, forget: dict, retain: list[dict], params, reference, device, pad_id: int) -> Iterator[dict]:
@@ -166,7 +172,7 @@ class FineTuneMethod(Method):
         return ({"forget": f, "retain": r} for f, r in zip(forget_it, retain_it, strict=False))
 
     def batches(self, subject: Subject, target, params) -> Iterator[dict]:
-        retain = self.retain_data(subject, target) if self.uses_retain else []
+        retain = self.retain_data(subject, target, params.max_length) if self.uses_retain else []
         return self.stream(self.forget_data(subject, target, params), retain, params, subject.model,
                            subject.device, subject.tokenizer.pad_token_id)
 
@@ -179,7 +185,9 @@ class FineTuneMethod(Method):
         model = unlearned.model
         config = TrainConfig(steps=params.steps, lr=params.lr, weight_decay=params.weight_decay,
                              warmup_steps=params.warmup_steps, schedule=params.schedule,
-                             max_grad_norm=params.max_grad_norm, seed=params.seed)
+                             max_grad_norm=params.max_grad_norm, seed=params.seed,
+                             grad_accum_steps=params.grad_accum_steps,
+                             gradient_checkpointing=params.gradient_checkpointing)
         log = train(model, lambda b: self.loss(model, b, reference, params),
                     self.batches(subject, target, params), config, parameters=self.trainable(model, params),
                     description=f"unlearning: {self.name}")

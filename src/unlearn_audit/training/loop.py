@@ -34,6 +34,11 @@ class TrainConfig:
         schedule: after warm-up, ``constant``, ``linear`` decay to 0, or ``cosine`` to 0.
         max_grad_norm: clip the global gradient norm (None: no clipping).
         seed: seeds torch and the batch order.
+        grad_accum_steps: micro-batches per optimiser step; each micro-batch's loss is divided
+            by it, so the step's gradient is the mean of the micro-batches' (the effective
+            batch is ``batch_size x grad_accum_steps``).
+        gradient_checkpointing: recompute activations in the backward pass (Hugging Face
+            models' ``gradient_checkpointing_enable``) for the duration of the loop.
     """
 
     steps: int = 100
@@ -44,6 +49,8 @@ class TrainConfig:
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     max_grad_norm: float | None = 1.0
     seed: int = 0
+    grad_accum_steps: int = 1
+    gradient_checkpointing: bool = False
 
 
 @dataclass
@@ -102,25 +109,34 @@ def train(
         raise UserInputError(f"learning rate must be a positive number, not {config.lr}")
     if config.steps < 0:
         raise UserInputError(f"steps must be >= 0, not {config.steps}")
+    if config.grad_accum_steps < 1:
+        raise UserInputError(f"grad_accum_steps must be >= 1, not {config.grad_accum_steps}")
     params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
     optimizer = adamw(params, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
     log = TrainLog()
     was_training = model.training
     model.train()
+    checkpointing = config.gradient_checkpointing and _checkpointing(model, True)
     iterator: Iterator[Batch] = iter(batches)
+    k = config.grad_accum_steps
     try:
         with progress.bar(description, config.steps) as bar:
             for step in range(config.steps):
-                batch = next(iterator)
-                loss = loss_fn(batch)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise TrainingDiverged(
-                        f"{description}: loss became {value} at step {step + 1} (lr={config.lr:g}); "
-                        "lower the learning rate or keep gradient clipping on", log.losses)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                value = 0.0
+                for _ in range(k):  # k = 1: one batch, its loss as it is
+                    loss = loss_fn(next(iterator))
+                    micro = float(loss.detach())
+                    if not math.isfinite(micro):
+                        raise TrainingDiverged(
+                            f"{description}: loss became {micro} at step {step + 1} (lr={config.lr:g}); "
+                            "lower the learning rate or keep gradient clipping on", log.losses)
+                    if k > 1:
+                        loss = loss / k
+                        micro /= k
+                    loss.backward()
+                    value += micro
                 if config.max_grad_norm is not None:
                     norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                     if not torch.isfinite(norm):
@@ -137,7 +153,23 @@ def train(
                     break
     finally:
         model.train(was_training)
+        if checkpointing:
+            _checkpointing(model, False)
     return log
+
+
+def _checkpointing(model, on: bool) -> bool:
+    """Switch a Hugging Face model's gradient checkpointing; False for a model without one
+    (``activation_checkpointing_*`` in newer transformers, ``gradient_checkpointing_*`` before)."""
+    verb = "enable" if on else "disable"
+    for name in ("activation", "gradient"):
+        switch = getattr(model, f"{name}_checkpointing_{verb}", None)
+        if switch is not None:
+            switch(**({f"{name}_checkpointing_kwargs": {"use_reentrant": False}} if on else {}))
+            return True
+    if on:
+        progress.warn(f"{type(model).__name__} has no gradient checkpointing; training without it")
+    return False
 
 
 def cycle(batch_fn: Callable[[torch.Generator], Iterable[Batch]], seed: int) -> Iterator[Batch]:
