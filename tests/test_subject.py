@@ -51,3 +51,36 @@ def test_pytorch_bin_weights_are_refused(tiny_model_dirs, tmp_path):
     torch.save(s.model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")  # pickle: never loaded
     with pytest.raises(UserInputError, match="safetensors"):
         load_subject(tmp_path / "bin")
+
+
+def test_revision_and_model_args_reach_from_pretrained(tiny_model_dirs, monkeypatch):
+    import transformers
+
+    seen = {}
+    for auto in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer):
+        real = auto.from_pretrained
+
+        def spy(source, *args, _real=real, _name=auto.__name__, **kwargs):
+            seen[_name] = kwargs
+            return _real(source, *args, **{k: v for k, v in kwargs.items() if k != "revision"})
+
+        monkeypatch.setattr(auto, "from_pretrained", spy)
+    s = load_subject(tiny_model_dirs["llama"], device="cpu", revision="step1000",
+                     model_args={"attn_implementation": "eager"})
+    assert seen["AutoTokenizer"]["revision"] == "step1000"
+    assert seen["AutoModelForCausalLM"]["revision"] == "step1000"
+    assert seen["AutoModelForCausalLM"]["attn_implementation"] == "eager"
+    assert s.model.config._attn_implementation == "eager"
+    with pytest.raises(UserInputError, match="model_args may not set dtype"):
+        load_subject(tiny_model_dirs["llama"], device="cpu", model_args={"dtype": "float16"})
+    with pytest.raises(UserInputError, match="not the organism"):
+        load_subject("organism:micro", revision="main")
+
+
+def test_an_experiment_passes_revision_and_model_args_for_its_model_only():
+    from unlearn_audit.experiment.config import SubjectConfig
+
+    cfg = SubjectConfig(model="EleutherAI/pythia-70m", revision="step3000", model_args={"low_cpu_mem_usage": True})
+    assert (cfg.revision, cfg.model_args) == ("step3000", {"low_cpu_mem_usage": True})
+    with pytest.raises(ValueError, match="not the organism"):
+        SubjectConfig(organism="micro", revision="main")

@@ -144,6 +144,7 @@ def evaluate_cmd(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model's own code.")] = False,
+    revision: RevisionOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """QA accuracy and answer NLL of a subject on every set of a target."""
@@ -151,7 +152,7 @@ def evaluate_cmd(
     from .metrics.behaviour import evaluate
     from .organisms import load_subject
 
-    s = load_subject(subject, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    s = load_subject(subject, device=device, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision)
     t = target_for(target, s)
     result = evaluate(s, t)
     if as_json:
@@ -166,6 +167,8 @@ AttackParamOpt = Annotated[list[str] | None, typer.Option(
     "--param", help="k=v for every attack that has k, or attack.k=v for one (repeatable), "
                     "e.g. --param rtt.checkpoints=[0,5,50] --param seed=1.")]
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's own Python code (runs arbitrary code).")]
+RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub branch, tag or commit of --subject "
+                                                 "(e.g. Pythia's step143000).")]
 
 
 def parse_params(items: list[str] | None) -> dict:
@@ -199,6 +202,7 @@ def unlearn_cmd(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     trust_remote_code: TrustOpt = False,
+    revision: RevisionOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Unlearn a target from a subject with one method and save the result."""
@@ -212,7 +216,7 @@ def unlearn_cmd(
     m = get_method(method)
     params = m.params(parse_params(param))  # validate before loading anything heavy
     prepare_output_dir(out, "model", create=False)  # refuse a user's directory before any work
-    s = load_subject(subject, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    s = load_subject(subject, device=device, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision)
     t = target_for(target, s)
     suite = EvalSuite(s, t.eval_sets())  # encoded once for both evaluations
     before = evaluate(s, t, suite)

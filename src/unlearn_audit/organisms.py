@@ -263,14 +263,18 @@ _ORGANISM_SPEC = re.compile(
 
 
 def load_subject(name_or_path: str | os.PathLike, *, device: str | torch.device | None = "auto",
-                 dtype: str | torch.dtype | None = "auto", trust_remote_code: bool = False) -> Subject:
+                 dtype: str | torch.dtype | None = "auto", trust_remote_code: bool = False,
+                 revision: str | None = None, model_args: dict | None = None) -> Subject:
     """Load a subject by local path, hub name, or built-in organism spec: the one resolver of
     ``organism:<preset>[@<seed>]`` / ``oracle:<preset>[/<concept>][@<seed>]`` (trained and cached
     on first use); anything else goes to :func:`unlearn_audit.subject.load_pretrained`, whose
     arguments these are."""
     m = _ORGANISM_SPEC.match(str(name_or_path))
     if not m:
-        return load_pretrained(name_or_path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+        return load_pretrained(name_or_path, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                               revision=revision, model_args=model_args)
+    if revision or model_args:
+        raise UserInputError(f"{name_or_path}: revision and model_args are for Hugging Face models, not the organism")
     full, oracle = organism(m.group("preset") or "default", int(m.group("seed") or 0), concept=m.group("concept"))
     chosen = full if m.group("kind") == "organism" else oracle
     return chosen if device in (None, "auto", "cpu") else to_device(chosen, device, dtype)

@@ -54,6 +54,10 @@ class SubjectConfig(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: str = Field("auto", description="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")
     trust_remote_code: bool = False
+    revision: str | None = Field(None, min_length=1, description="Hub branch, tag or commit of `model` "
+                                 "(e.g. Pythia's step143000).")
+    model_args: dict[str, Any] = Field(default_factory=dict, description="Further from_pretrained arguments of "
+                                       "`model` (attn_implementation, ...).")
 
     @field_validator("device")
     @classmethod
@@ -74,6 +78,8 @@ class SubjectConfig(BaseModel):
             raise ValueError("give either organism or model, not both")
         if not self.organism and not self.model:
             self.organism = "default"
+        if self.organism and (self.revision or self.model_args):
+            raise ValueError("revision and model_args are for a Hugging Face model (model:), not the organism")
         if self.organism:
             from ..organisms import PRESETS
 

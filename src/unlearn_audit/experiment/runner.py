@@ -77,8 +77,10 @@ class Subjects:
         from ..organisms import load_subject
 
         start = time.perf_counter()
+        own = spec == self.cfg.model  # revision and model_args are the audited model's
         s = load_subject(spec, device=self.cfg.device, dtype=self.cfg.dtype,
-                         trust_remote_code=self.cfg.trust_remote_code)
+                         trust_remote_code=self.cfg.trust_remote_code,
+                         revision=self.cfg.revision if own else None, model_args=self.cfg.model_args if own else None)
         self.load_s += time.perf_counter() - start
         return s
 

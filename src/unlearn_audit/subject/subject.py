@@ -178,8 +178,13 @@ def set_threads(threads: int | None = None) -> int:
     return n
 
 
+# what load_pretrained sets itself: model_args may not override it
+_OWN_ARGS = ("dtype", "torch_dtype", "use_safetensors", "trust_remote_code", "revision")
+
+
 def load_pretrained(name_or_path: str | os.PathLike, *, device: str | torch.device | None = "auto",
-                    dtype: str | torch.dtype | None = "auto", trust_remote_code: bool = False) -> Subject:
+                    dtype: str | torch.dtype | None = "auto", trust_remote_code: bool = False,
+                    revision: str | None = None, model_args: dict | None = None) -> Subject:
     """Load a subject by local path or hub name (``unlearn_audit.organisms.load_subject`` also
     resolves the built-in organism's specs).
 
@@ -188,10 +193,19 @@ def load_pretrained(name_or_path: str | os.PathLike, *, device: str | torch.devi
         device: ``auto`` (cuda > mps > cpu), or a torch device string.
         dtype: ``auto`` (bf16 on GPU, else float32), ``float32``, ``bfloat16``, ``float16``.
         trust_remote_code: allow a model's own Python code (off by default: it runs arbitrary code).
+        revision: a hub branch, tag or commit (Pythia's ``step143000``); for tokenizer and model.
+        model_args: further keyword arguments of the model's ``from_pretrained``
+            (``attn_implementation``, ``low_cpu_mem_usage``, ...).
     Raises:
-        UserInputError: the path/name cannot be loaded (missing, no safetensors, not a causal LM).
+        UserInputError: the path/name cannot be loaded (missing, no safetensors, not a causal LM),
+            or ``model_args`` sets what this function sets itself.
     """
     spec = str(name_or_path)
+    clash = sorted(set(model_args or {}) & set(_OWN_ARGS))
+    if clash:
+        raise UserInputError(f"model_args may not set {', '.join(clash)}: use the dtype, revision and "
+                             "trust_remote_code settings")
+    by_revision = {"revision": revision} if revision else {}
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
@@ -204,10 +218,11 @@ def load_pretrained(name_or_path: str | os.PathLike, *, device: str | torch.devi
     torch_dtype = pick_dtype(dtype, dev)
     source = str(path) if local else spec
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **by_revision)
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:
+            source, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
+            **by_revision, **(model_args or {}))
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         where = "directory" if local else "name (not a local directory, and the hub is unreachable or has no such model)"
         raise UserInputError(f"could not load model {spec!r} from this {where}: {first}. "
