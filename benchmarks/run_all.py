@@ -22,6 +22,7 @@ BENCHES = {
     "compile": [str(HERE / "bench_compile.py")],
     "patching": [str(HERE / "bench_patching.py")],
     "demo": [str(HERE / "bench_demo.py")],
+    "memory": [str(HERE / "bench_memory.py")],
 }
 
 

@@ -73,10 +73,14 @@ def _rows(n=8, length=12, seed=1):
 
 
 def _gradient(config: TrainConfig, batches) -> dict[str, torch.Tensor]:
-    """Every parameter's gradient of the last optimiser step (the loop leaves it in .grad)."""
+    """Every parameter's gradient of the (last) optimiser step, read in ``on_step``; the loop
+    frees the gradients when it ends."""
     model = _tiny_llama()
-    train(model, lambda b: mean_token_nll(model, b), iter(batches), config)
-    return {n: p.grad.clone() for n, p in model.named_parameters()}
+    grads = {}
+    train(model, lambda b: mean_token_nll(model, b), iter(batches), config,
+          on_step=lambda step, loss: grads.update({n: p.grad.clone() for n, p in model.named_parameters()}))
+    assert all(p.grad is None for p in model.parameters())
+    return grads
 
 
 def test_gradient_accumulation_equals_one_batch_k_times_the_size():
@@ -94,13 +98,16 @@ def test_gradient_checkpointing_changes_no_gradient_and_is_switched_off_after():
     data = _rows()
     plain = _gradient(TrainConfig(steps=1, lr=1e-3, max_grad_norm=None), [data])
     model = _tiny_llama()
-    during = []
+    during, grads = [], {}
+
+    def on_step(step, loss):
+        during.append(any(getattr(m, "gradient_checkpointing", False) for m in model.modules()))
+        grads.update({n: p.grad.clone() for n, p in model.named_parameters()})
+
     train(model, lambda b: mean_token_nll(model, b), iter([data]),
-          TrainConfig(steps=1, lr=1e-3, max_grad_norm=None, gradient_checkpointing=True),
-          on_step=lambda step, loss: during.append(any(getattr(m, "gradient_checkpointing", False)
-                                                       for m in model.modules())))
+          TrainConfig(steps=1, lr=1e-3, max_grad_norm=None, gradient_checkpointing=True), on_step=on_step)
     assert during == [True]                                       # it was on while training
-    assert max(float((plain[n] - p.grad).abs().max()) for n, p in model.named_parameters()) <= 1e-6
+    assert max(float((plain[n] - grads[n]).abs().max()) for n in plain) <= 1e-6
     assert not any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
 
 

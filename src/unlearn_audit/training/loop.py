@@ -152,6 +152,9 @@ def train(
                 if on_step is not None and on_step(step + 1, value):
                     break
     finally:
+        # the last step's gradients would otherwise stay on the parameters: one more model's
+        # worth of memory for as long as the trained model lives
+        optimizer.zero_grad(set_to_none=True)
         model.train(was_training)
         if checkpointing:
             _checkpointing(model, False)

@@ -1,0 +1,151 @@
+"""Peak live tensor memory of every method and attack, in units of the model's parameter bytes.
+
+    .venv/bin/python benchmarks/bench_memory.py [--methods a,b] [--attacks a,b]
+
+Process RSS of a tiny model hides copies (allocator pools, shared pages), so this counts what a
+GPU would have to hold: at every optimiser step, after every ``Subject.copy``, at the start of
+every attack and after every measurement, the bytes of all live tensors (unique storages found
+by the garbage collector, plus each parameter's ``.grad``), divided by the bytes of one model's
+parameters. The models the call is given count too: a method is run with the original alone
+resident (1.0x before it starts), an attack with the original, the oracle and one unlearned
+model (3.0x before it starts). The targets (issue 14): full fine-tuning and relearning <= 4.1x
+(weights + grads + 2 AdamW moments), every other attack <= 1.2x over what it is given.
+
+Runs on the micro organism (fp32, CPU); on a GPU, ``torch.cuda.max_memory_allocated`` is the
+figure to add beside this one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+os.environ.setdefault("UNLEARN_AUDIT_PROGRESS", "0")
+
+from unlearn_audit import faults  # noqa: E402
+from unlearn_audit.api import target_for, unlearn  # noqa: E402
+from unlearn_audit.attacks import ATTACKS, attack_names, get_attack  # noqa: E402
+from unlearn_audit.methods import method_names  # noqa: E402
+from unlearn_audit.organisms import organism  # noqa: E402
+from unlearn_audit.subject.subject import Subject  # noqa: E402
+
+CHEAP_METHOD = {"steps": 3, "reinforce_steps": 2, "v_steps": 2, "search_steps": 2}
+CHEAP_ATTACK = {"checkpoints": [0, 2], "bootstrap": 0, "reemergence": False, "max_questions": 4,
+                "max_new_tokens": 8, "shots": [0, 1], "bits": [8], "alphas": [0.0, 1.0]}
+
+
+def live_bytes() -> int:
+    """Bytes of every live tensor's storage (each storage once) and of every parameter's grad."""
+    seen: dict[int, int] = {}
+    for obj in gc.get_objects():
+        try:
+            tensors = [obj] if isinstance(obj, torch.Tensor) else []
+        except ReferenceError:
+            continue
+        for t in list(tensors):
+            if isinstance(t, torch.nn.Parameter) and t.grad is not None:
+                tensors.append(t.grad)
+        for t in tensors:
+            if t.device.type == "meta":
+                continue
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
+class Peak:
+    """The largest :func:`live_bytes` seen at the measurement points while active."""
+
+    def __init__(self):
+        self.value = 0
+        self.active = False
+
+    def sample(self, *_):
+        if self.active:
+            self.value = max(self.value, live_bytes())
+
+
+def instrument(peak: Peak) -> None:
+    original_point, original_copy = faults.point, Subject.copy
+
+    def point(name):
+        peak.sample()
+        original_point(name)
+
+    def copy(self, *args, **kwargs):
+        out = original_copy(self, *args, **kwargs)
+        peak.sample()
+        return out
+
+    faults.point = point
+    Subject.copy = copy
+    ATTACKS.load()
+    for attack in set(type(a) for a in ATTACKS.values()):
+        measure = attack.measure
+
+        def wrapped(self, *args, _measure=measure, **kwargs):
+            out = _measure(self, *args, **kwargs)
+            peak.sample()
+            return out
+
+        attack.measure = wrapped
+
+
+def fields(params_cls, cheap: dict) -> dict:
+    return {k: v for k, v in cheap.items() if k in params_cls.model_fields}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--methods", default=None, help="comma list (default: every method)")
+    ap.add_argument("--attacks", default=None, help="comma list (default: every attack)")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    cache = os.environ.get("UNLEARN_AUDIT_TEST_CACHE", ".cache/test-organisms")
+    full = organism("micro", 0, cache_dir=cache)[0]   # the oracle is loaded for the attacks only
+    target = target_for("world:0", full)
+    model_bytes = sum(p.untyped_storage().nbytes() for p in full.model.parameters())
+    peak = Peak()
+    instrument(peak)
+
+    from unlearn_audit.methods import get_method
+
+    print(f"micro organism: {model_bytes / 1e6:.2f} MB of parameters (fp32)\n")
+    print("| method | kind | peak live tensors / model bytes |")
+    print("|---|---|---|")
+    methods = args.methods.split(",") if args.methods else method_names()
+    for name in methods:
+        m = get_method(name)
+        gc.collect()
+        peak.value, peak.active = live_bytes(), True
+        start = peak.value
+        unlearn(full, target, name, **fields(m.Params, CHEAP_METHOD))
+        peak.sample()
+        peak.active = False
+        print(f"| {name} | {m.kind} | {peak.value / model_bytes:.2f}x (from {start / model_bytes:.2f}x) |", flush=True)
+
+    unlearned = unlearn(full, target, "gradient_ascent", steps=3)
+    oracle = organism("micro", 0, cache_dir=cache)[1]
+    gc.collect()
+    print(f"\nresident before the attacks: {live_bytes() / model_bytes:.2f}x")
+    print("\n| attack | peak live tensors / model bytes (original, oracle, one unlearned given) |")
+    print("|---|---|")
+    for name in (args.attacks.split(",") if args.attacks else attack_names()):
+        attack = get_attack(name)
+        params = attack.params(fields(attack.Params, CHEAP_ATTACK))
+        gc.collect()
+        peak.value, peak.active = live_bytes(), True
+        attack.run(full, {"gradient_ascent": unlearned}, oracle, target, params)
+        peak.sample()
+        peak.active = False
+        print(f"| {name} | {peak.value / model_bytes:.2f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
