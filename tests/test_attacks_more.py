@@ -345,11 +345,12 @@ def test_summary_table_has_one_column_per_attack(results):
 
 
 def test_results_write_to_a_run_directory(results, tmp_path):
-    from unlearn_audit.experiment.rundir import write_run
+    from unlearn_audit.experiment.rundir import write_results
+    from unlearn_audit.results.schema import run_document
 
     r, _ = results
-    paths = write_run(tmp_path / "run", r)
-    on_disk = json.loads(paths["results"].read_text())
+    paths = write_results(tmp_path / "run", run_document([r]))
+    on_disk = json.loads(paths["results"].read_text())["targets"][0]
     assert on_disk["methods"]["ga"]["attacks"]["mia"]["auc"] == pytest.approx(r["methods"]["ga"]["attacks"]["mia"]["auc"])
 
 

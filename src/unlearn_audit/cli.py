@@ -251,7 +251,7 @@ def audit_cmd(
     from .api import audit, target_for
     from .attacks import attack_fields, attack_names, get_attack
     from .experiment.demo import parse_list
-    from .experiment.rundir import write_json_atomic, write_run
+    from .experiment.rundir import write_results
     from .files import prepare_output_dir
     from .organisms import load_subject
     from .params import scope_params
@@ -273,8 +273,7 @@ def audit_cmd(
     doc = audit(orig, {method: unl}, t, attacks, orc, overrides)
     results = run_document([doc])
     run_dir = prepare_output_dir(out, "run")
-    write_json_atomic(run_dir / "results.json", results)
-    write_run(run_dir, doc, with_results=False)
+    write_results(run_dir, results)
     write_outputs(run_dir, results, report=False)
     if as_json:
         emit_json({**results, "run_dir": str(out)})

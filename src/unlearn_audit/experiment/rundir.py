@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 from ..files import atomic_path, write_text_atomic
+from ..results.store import target_dirs
 
 
 def _clean(x):
@@ -52,13 +53,29 @@ def curve_rows(results: dict) -> list[dict]:
     return rows
 
 
-def write_run(out: Path, results: dict, with_results: bool = True) -> dict[str, Path]:
-    """Write one target's ``results`` as curves.jsonl and curves.csv into ``out`` (and as
-    results.json, with ``with_results``: a run's own results.json is its runner's); the figures
-    and the report are :func:`unlearn_audit.report.outputs.write_outputs`'s."""
+def write_results(out: Path, results: dict) -> dict[str, Path]:
+    """``results.json`` (the run document) and each target's curves.jsonl and curves.csv (with
+    several targets, under ``targets/<i>-<concept>/`` beside that target's own results.json);
+    the paths of the top-level files. The figures and the report are
+    :func:`unlearn_audit.report.outputs.write_outputs`'s."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    paths = {"results": write_json_atomic(out / "results.json", results)} if with_results else {}
+    paths = {"results": write_json_atomic(out / "results.json", results)}
+    for path, doc in target_dirs(out, results):
+        if path != out:
+            path.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(path / "results.json", doc)
+        curves = write_curves(path, doc)
+        if path == out:
+            paths.update(curves)
+    return paths
+
+
+def write_curves(out: Path, results: dict) -> dict[str, Path]:
+    """One target's relearning curves as curves.jsonl and curves.csv in ``out`` (nothing when it
+    has none)."""
+    out = Path(out)
+    paths = {}
     rows = [_clean(r) for r in curve_rows(results)]
     if rows:
         write_text_atomic(out / "curves.jsonl", "".join(json.dumps(r) + "\n" for r in rows))

@@ -23,7 +23,7 @@ from .. import progress
 from ..errors import RunError, UnlearnAuditError
 from ..files import prepare_output_dir
 from ..results.schema import run_document, target_document
-from ..results.store import target_dirs, write_store
+from ..results.store import write_store
 from .checkpoint import (
     FORMAT,
     RunLock,
@@ -37,7 +37,7 @@ from .checkpoint import (
     shared_path,
 )
 from .config import Cell, Experiment, config_hash, expand
-from .rundir import write_json_atomic, write_run
+from .rundir import write_json_atomic, write_results
 
 
 @dataclass
@@ -247,7 +247,10 @@ def run_experiment(exp: Experiment, source_text: str | None = None, *, out: str 
             progress.log(f"computed {len(computed)} cells in {time.perf_counter() - start:.0f} s "
                          f"(loading models {subjects.load_s:.0f} s)")
         results = {**assemble(exp, cells, done, shared, failed), **(extra or {})}
-        paths = write_outputs(out, results, manifest)
+        paths = write_results(out, results)
+        meta = {"config_hash": manifest["config_hash"], "experiment": manifest.get("experiment"),
+                "sessions": manifest.get("sessions")}
+        paths["store"] = write_store(out, results, meta)
     return RunOutcome(results, paths, computed, reused, {f["setting"]: f["error"] for f in failed.values()})
 
 
@@ -291,15 +294,3 @@ def assemble(exp: Experiment, cells: list[Cell], done: dict[str, dict], shared: 
     return run_document(docs, {"name": exp.name, "config_hash": config_hash(exp), "cells": len(cells)})
 
 
-def write_outputs(out: Path, results: dict, manifest: dict) -> dict[str, Path]:
-    """``results.json`` with curves and figures (per target under ``targets/`` when there are
-    several) and ``results.sqlite``."""
-    write_json_atomic(out / "results.json", results)
-    paths = {"results": out / "results.json"}
-    for path, doc in target_dirs(out, results):
-        paths.update(write_run(path, doc, with_results=path != out))
-    paths["results"] = out / "results.json"
-    meta = {"config_hash": manifest["config_hash"], "experiment": manifest.get("experiment"),
-            "sessions": manifest.get("sessions")}
-    paths["store"] = write_store(out, results, meta)
-    return paths
