@@ -8,14 +8,29 @@ at validation: before any model is loaded, and in an experiment file before anyt
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from .errors import UserInputError
 
 MAX_SEED = 2**32 - 1      # numpy's seed range
 MAX_STEPS = 1_000_000     # the most optimiser steps (or relearning checkpoint) a parameter may ask for
+
+
+# the batching knobs every fine-tuning method and relearning attack declares (one definition of
+# their bounds and help; the classes keep their own field order)
+GradAccumSteps = Annotated[int, Field(ge=1, le=1024, description="Micro-batches per optimiser step "
+                                      "(effective batch: batch_size x grad_accum_steps).")]
+GradientCheckpointing = Annotated[bool, Field(description="Recompute activations in the backward pass "
+                                              "(less memory, ~30% more time; Hugging Face models).")]
+MaxLength = Annotated[int, Field(ge=8, le=1_048_576, description="Tokens per training text (longer texts are "
+                                 "truncated; MUSE and WMDP documents run to 2048).")]
+
+
+def train_settings(params: BaseModel) -> dict[str, Any]:
+    """The ``TrainConfig`` keyword arguments that a Params object's batching knobs set."""
+    return {"grad_accum_steps": params.grad_accum_steps, "gradient_checkpointing": params.gradient_checkpointing}
 
 
 _warned: set[tuple[str, str]] = set()

@@ -37,7 +37,14 @@ from ..metrics.itemwise import ItemScorer
 from ..metrics.likelihood import mean_token_nll
 from ..metrics.qa import EvalSuite
 from ..metrics.recovery import bootstrap_intervals, curve_auc, recovery, residual, steps_to_fraction
-from ..params import MAX_STEPS, renamed_params
+from ..params import (
+    MAX_STEPS,
+    GradAccumSteps,
+    GradientCheckpointing,
+    MaxLength,
+    renamed_params,
+    train_settings,
+)
 from ..results.schema import AttackDeclaration
 from ..training import TrainConfig, seed_everything, shuffled_minibatches, train
 from .base import Attack, AttackParams, register_attack
@@ -54,10 +61,9 @@ class RelearnParams(AttackParams):
         description="Optimiser steps at which to evaluate (0: before relearning); the last is the run's length.")
     lr: float = Field(3e-4, gt=0, description="Relearning learning rate (AdamW, constant).")
     batch_size: int = Field(16, ge=1)
-    grad_accum_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per optimiser step "
-                                  "(effective batch: batch_size x grad_accum_steps).")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass.")
-    max_length: int = Field(256, ge=8, le=1_048_576, description="Tokens per training text (longer ones are truncated).")
+    grad_accum_steps: GradAccumSteps = 1
+    gradient_checkpointing: GradientCheckpointing = False
+    max_length: MaxLength = 256
     runs: int = Field(1, ge=1, le=1000, description="Relearning runs, with seeds seed..seed+runs-1; curves are averaged.")
     bootstrap: int = Field(1000, ge=0, le=1_000_000, description="Bootstrap resamples for the intervals (0: none).")
     reemergence: bool = Field(True, description="Track concept neurons at every checkpoint (first seed).")
@@ -105,9 +111,7 @@ def relearn_curve(subject, train_data, suite: EvalSuite, params: RelearnParams, 
     Returns ``{"steps": [...], "correct": {set: (n_checkpoints, n_items) array}}``: exact-match
     correctness, or the per-item scores of ``scorer`` (a chosen metric) when given.
     """
-    checkpoints = sorted(set(params.checkpoints))
-    if checkpoints[0] < 0:
-        raise UserInputError("relearning steps must be >= 0")
+    checkpoints = sorted(set(params.checkpoints))  # each 0..MAX_STEPS (RelearnParams)
     seed_everything(seed)
     attacked = subject.copy()  # keeps the subject's prompt template and inference interventions
     model = attacked.model
@@ -131,8 +135,7 @@ def relearn_curve(subject, train_data, suite: EvalSuite, params: RelearnParams, 
     if checkpoints[-1] > 0:
         batches = shuffled_minibatches(train_data, params.batch_size, seed, subject.device)
         train(model, lambda b: mean_token_nll(model, b), batches,
-              TrainConfig(steps=checkpoints[-1], lr=params.lr, seed=seed, grad_accum_steps=params.grad_accum_steps,
-                          gradient_checkpointing=params.gradient_checkpointing), on_step=on_step,
+              TrainConfig(steps=checkpoints[-1], lr=params.lr, seed=seed, **train_settings(params)), on_step=on_step,
               description=f"relearning {label}")
     return {"steps": checkpoints, "correct": {k: np.stack(v) for k, v in correct.items()}}
 

@@ -17,7 +17,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..data.encode import concat_batches, encode_qa, encode_texts
 from ..errors import UserInputError
 from ..metrics.likelihood import IGNORE, forward_logits, sequence_logprob
-from ..params import MAX_SEED, MAX_STEPS, validate_params
+from ..params import (
+    MAX_SEED,
+    MAX_STEPS,
+    GradAccumSteps,
+    GradientCheckpointing,
+    MaxLength,
+    train_settings,
+    validate_params,
+)
 from ..registry import Registry
 from ..subject.subject import Subject
 from ..training import TrainConfig, seed_everything, shuffled_minibatches, train
@@ -90,12 +98,9 @@ class FineTuneParams(MethodParams):
     schedule: Literal["constant", "linear", "cosine"] = "constant"
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (None: off).")
-    grad_accum_steps: int = Field(1, ge=1, le=1024, description="Micro-batches per optimiser step "
-                                  "(effective batch: batch_size x grad_accum_steps).")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass "
-                                         "(less memory, ~30% more time; Hugging Face models).")
-    max_length: int = Field(256, ge=8, le=1_048_576, description="Tokens per text (longer texts are truncated; "
-                            "MUSE and WMDP documents run to 2048).")
+    grad_accum_steps: GradAccumSteps = 1
+    gradient_checkpointing: GradientCheckpointing = False
+    max_length: MaxLength = 256
 
 
 class RetainParams(FineTuneParams):
@@ -185,9 +190,7 @@ class FineTuneMethod(Method):
         model = unlearned.model
         config = TrainConfig(steps=params.steps, lr=params.lr, weight_decay=params.weight_decay,
                              warmup_steps=params.warmup_steps, schedule=params.schedule,
-                             max_grad_norm=params.max_grad_norm, seed=params.seed,
-                             grad_accum_steps=params.grad_accum_steps,
-                             gradient_checkpointing=params.gradient_checkpointing)
+                             max_grad_norm=params.max_grad_norm, seed=params.seed, **train_settings(params))
         log = train(model, lambda b: self.loss(model, b, reference, params),
                     self.batches(subject, target, params), config, parameters=self.trainable(model, params),
                     description=f"unlearning: {self.name}")
