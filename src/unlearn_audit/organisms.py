@@ -250,6 +250,18 @@ def organism(preset: str = "default", seed: int = 0, concept: str | None = None,
     return subjects[0], subjects[1]
 
 
+def loaded_from(subject: Subject) -> Path | None:
+    """The cache an organism subject was loaded from or saved to (``<cache>/organisms/<key>/full``),
+    so that its oracles come from the same one; None (the default cache) for anything else."""
+    meta = subject.info.get("organism")
+    if not meta or not subject.path:
+        return None
+    path = Path(subject.path)
+    if path.parent.name == organism_key(meta["preset"], meta["seed"]) and path.parent.parent.name == "organisms":
+        return path.parents[2]
+    return None
+
+
 def organism_world(subject: Subject) -> World | None:
     """The world an organism subject was trained on (None for other subjects)."""
     meta = subject.info.get("organism")
@@ -280,7 +292,7 @@ def load_subject(name_or_path: str | os.PathLike, *, device: str | torch.device 
     return chosen if device in (None, "auto", "cpu") else to_device(chosen, device, dtype)
 
 
-__all__ = ["PRESETS", "OrganismPreset", "cache_root", "load_subject", "organism", "organism_world",
+__all__ = ["PRESETS", "OrganismPreset", "cache_root", "load_subject", "loaded_from", "organism", "organism_world",
            "train_tokenizer"]
 
 

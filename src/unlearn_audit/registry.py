@@ -1,4 +1,4 @@
-"""One registry for methods and attacks: names to classes (or attack specs).
+"""One registry for methods and attacks: names to method classes or attack instances.
 
 Registering a name twice with two different objects is an error (two files claiming one name
 would otherwise silently replace each other), and so is registering something that is not of

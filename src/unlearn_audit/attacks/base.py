@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from .. import progress
 from ..errors import UserInputError
 from ..params import MAX_SEED, validate_params
 from ..registry import Registry
@@ -83,8 +84,6 @@ class Attack:
     def run(self, original, unlearned: dict, oracle, target, params, references: dict | None = None) -> dict:
         """``{"methods": {name: result}, "baselines": ...}``; ``references`` from an earlier
         :meth:`references` call with the same original, oracle, target and params."""
-        from .. import progress
-
         progress.log(f"attack [bold]{self.name}[/]: {self.summary}")
         setup = self.setup(original, target, params, references)
         if references is None:
@@ -141,5 +140,4 @@ def attack_names() -> list[str]:
 
     ATTACKS.load()
     rank = {f"{__package__}.{m}": i for i, m in enumerate(ORDER)}
-
     return sorted(ATTACKS, key=lambda n: rank.get(type(ATTACKS[n]).__module__, len(rank)))

@@ -8,8 +8,6 @@ that never knew the concept.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..errors import UserInputError
 from .base import Method, MethodParams, register_method
 
@@ -20,25 +18,14 @@ class Retrain(Method):
     Params = MethodParams
 
     def apply(self, out, subject, target, params):
-        from ..organisms import organism, organism_key
+        from ..organisms import loaded_from, organism
 
         meta = subject.info.get("organism")
         concept = target.source.get("concept")
         if not meta or meta.get("kind") != "full" or concept is None:
             raise UserInputError("retrain needs the built-in organism (organism:<preset>) and a world:<concept> "
                                  "target: other models cannot be retrained without the concept here")
-        _, oracle = organism(meta["preset"], meta["seed"], concept=concept,
-                             cache_dir=_cache_of(subject, organism_key(meta["preset"], meta["seed"])))
+        _, oracle = organism(meta["preset"], meta["seed"], concept=concept, cache_dir=loaded_from(subject))
         out.model.load_state_dict(oracle.model.state_dict())  # the copy becomes the oracle, bit for bit
         out.info = {**oracle.info}
         return None
-
-
-def _cache_of(subject, key: str) -> Path | None:
-    """The organism cache ``subject`` was loaded from (``<cache>/organisms/<key>/full``), so the
-    oracle comes from the same one; None (the default cache) for a subject from elsewhere."""
-    if subject.path:
-        path = Path(subject.path)
-        if path.parent.name == key and path.parent.parent.name == "organisms":
-            return path.parents[2]
-    return None

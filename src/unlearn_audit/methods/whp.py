@@ -143,10 +143,8 @@ class WhosHarryPotter(Method):
                   description="whp: reinforcing")
         reinforced.eval()
         labels = generic_labels(subject.model, reinforced, data, params.alpha)
-        with torch.no_grad():
+        with torch.no_grad():  # the training loop has freed its gradients
             reinforced.load_state_dict(subject.model.state_dict())
-        for p in reinforced.parameters():
-            p.grad = None
         # 3. anchored terms: base predictions on the translated text, at the positions where it
         # differs, in the rows whose translation kept the token count (others keep step 2's labels)
         n_anchored = 0
