@@ -133,3 +133,74 @@ def test_max_length_truncates_the_texts_methods_and_relearning_train_on(micro, m
     assert torch.equal(short["input_ids"][:, :8], full["input_ids"][:, :8])   # the same texts, cut
     assert m.retain_data(micro[0], micro_target, 16)[-1]["input_ids"].shape[1] == 16   # [qa, texts]: texts cut
     assert _train_data(micro[0], micro_target, RELEARNING["forget_data"], 16)["input_ids"].shape[1] == 16
+
+
+def _trained(dtype, steps, masters_seen=None, lr=1e-5):
+    """A tiny Llama with N(0, 0.02) weights in ``dtype`` after ``steps`` steps at ``lr`` (the
+    TOFU/NPO rate) on one batch; returns (model, its weights before)."""
+    model = _tiny_llama()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.02)
+    model.to(dtype)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    data = _rows()
+    train(model, lambda b: mean_token_nll(model, b), iter([data] * steps), TrainConfig(steps=steps, lr=lr))
+    return model, before
+
+
+def _relative_error(update, reference) -> float:
+    num = sum(float((update[n].float() - reference[n]).norm()) ** 2 for n in reference) ** 0.5
+    return num / sum(float(r.norm()) ** 2 for r in reference.values()) ** 0.5
+
+
+def test_bf16_trains_float32_masters_whose_update_is_the_float32_runs(monkeypatch):
+    from unlearn_audit.training import loop
+
+    masters = []
+    free = loop.MasterWeights.free
+    monkeypatch.setattr(loop.MasterWeights, "free",
+                        lambda self: (masters.append([(p, m.clone()) for p, m in self.pairs]), free(self)))
+    for steps in (1, 20):
+        f32, f32_before = _trained(torch.float32, steps)
+        reference = {n: p.detach() - f32_before[n] for n, p in f32.named_parameters()}
+        bf16, before = _trained(torch.bfloat16, steps)
+        name = {id(p): n for n, p in bf16.named_parameters()}
+        master = {name[id(p)]: m for p, m in masters[-1]}
+        assert set(master) == set(reference) and all(m.dtype == torch.float32 for m in master.values())
+        # what was trained is float32: its update is the float32 run's, to the bf16 forward's noise
+        assert _relative_error({n: m - before[n].float() for n, m in master.items()}, reference) < 0.05
+        moved = sum(int((p != 0).sum()) for p in reference.values())
+        assert sum(int((m != before[n].float()).sum()) for n, m in master.items()) >= 0.99 * moved
+        # and the model holds it rounded to bf16, its own dtype
+        assert all(p.dtype == torch.bfloat16 and torch.equal(p.detach(), master[n].bfloat16())
+                   for n, p in bf16.named_parameters())
+    # stepping the bf16 weights themselves rounds most of the update away (the check can fail)
+    monkeypatch.setattr(loop.MasterWeights, "LOW", ())
+    plain, before = _trained(torch.bfloat16, 20)
+    assert _relative_error({n: p.detach() - before[n] for n, p in plain.named_parameters()}, reference) > 0.5
+    changed = sum(int((p.detach() != before[n]).sum()) for n, p in plain.named_parameters())
+    assert changed < 0.2 * moved
+
+
+def test_fp16_scales_the_loss_and_skips_an_overflowing_step():
+    data = _rows()
+
+    def run(steps, overflow_first):
+        model = _tiny_llama().to(torch.float16)
+        calls = []
+
+        def loss_fn(b):  # x1e4: the first step's gradients overflow float16 once scaled (2^16)
+            calls.append(1)
+            return mean_token_nll(model, b) * (1e4 if overflow_first and len(calls) == 1 else 1.0)
+
+        log = train(model, loss_fn, iter([data] * steps), TrainConfig(steps=steps, lr=1e-3))
+        assert log.steps == steps and all(p.dtype == torch.float16 for p in model.parameters())
+        return model
+
+    skipped, two = run(3, True), run(2, False)
+    untouched = _tiny_llama().to(torch.float16)
+    # the overflowing step changed nothing: the other two steps are a plain 2-step run's
+    # (the scale halves in between, a power of two that unscaling undoes exactly)
+    assert all(torch.equal(a, b) for a, b in zip(skipped.parameters(), two.parameters(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(two.parameters(), untouched.parameters(), strict=True))

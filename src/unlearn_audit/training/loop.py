@@ -1,8 +1,17 @@
 """The one training loop: pre-training the organism, every fine-tuning method and relearning.
 
 It owns the optimiser (AdamW), the learning-rate schedule, gradient clipping, the NaN check,
-seeding and progress; the caller supplies only ``loss_fn(batch) -> scalar`` and an iterator of
-batches (dicts of tensors already on the model's device).
+seeding, progress and mixed precision; the caller supplies only ``loss_fn(batch) -> scalar`` and
+an iterator of batches (dicts of tensors already on the model's device).
+
+Mixed precision: a model loaded in bfloat16 or float16 keeps its dtype for the forward and
+backward passes, and AdamW steps float32 *master* copies of its trainable parameters, which are
+rounded back into the model after every step (Micikevicius et al. 2018, "Mixed Precision
+Training"). Stepping bf16 weights directly rounds away any update below half a bf16 ulp (2^-9
+of the weight): at lr 1e-5 most N(0, 0.02) weights never move. float16 also scales the loss
+(``torch.amp.GradScaler``): a step whose gradients overflow is skipped and the scale lowered.
+Why masters rather than float32 weights under ``torch.autocast``: see BENCHMARKS.md
+("Precision"). A float32 model takes none of these paths.
 """
 
 from __future__ import annotations
@@ -112,7 +121,10 @@ def train(
     if config.grad_accum_steps < 1:
         raise UserInputError(f"grad_accum_steps must be >= 1, not {config.grad_accum_steps}")
     params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
+    masters = MasterWeights(params)
+    params = masters.optimised
     optimizer = adamw(params, config)
+    scaler = masters.scaler()
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
     log = TrainLog()
     was_training = model.training
@@ -135,15 +147,24 @@ def train(
                     if k > 1:
                         loss = loss / k
                         micro /= k
-                    loss.backward()
+                    (scaler.scale(loss) if scaler is not None else loss).backward()
                     value += micro
+                masters.take_grads()
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
                 if config.max_grad_norm is not None:
                     norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                    if not torch.isfinite(norm):
+                    # under float16 an overflow is the scaler's to handle: the step is skipped
+                    if not torch.isfinite(norm) and scaler is None:
                         raise TrainingDiverged(
                             f"{description}: gradient norm became {float(norm)} at step {step + 1} "
                             f"(lr={config.lr:g}); lower the learning rate", log.losses)
-                optimizer.step()
+                if scaler is not None:
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    optimizer.step()
+                masters.copy_back()
                 scheduler.step()
                 faults.point("step")
                 log.losses.append(value)
@@ -155,10 +176,49 @@ def train(
         # the last step's gradients would otherwise stay on the parameters: one more model's
         # worth of memory for as long as the trained model lives
         optimizer.zero_grad(set_to_none=True)
+        masters.free()
         model.train(was_training)
         if checkpointing:
             _checkpointing(model, False)
     return log
+
+
+class MasterWeights:
+    """float32 master copies of the bfloat16/float16 parameters being trained (none for
+    float32 ones, which the optimiser steps as they are).
+
+    ``optimised`` is what AdamW steps: each low-precision parameter's master, every other
+    parameter itself. ``take_grads`` moves the model's gradients onto the masters one
+    parameter at a time, freeing each low-precision gradient as its float32 copy is made;
+    ``copy_back`` rounds the stepped masters into the model (round to nearest even).
+    """
+
+    LOW = (torch.bfloat16, torch.float16)
+
+    def __init__(self, params: list[torch.nn.Parameter]):
+        self.pairs = [(p, p.detach().float()) for p in params if p.dtype in self.LOW]
+        by_id = {id(p): m for p, m in self.pairs}
+        self.optimised = [by_id.get(id(p), p) for p in params]
+
+    def scaler(self) -> torch.amp.GradScaler | None:
+        """A loss scaler when any parameter is float16 (bf16 has float32's range: none needed)."""
+        fp16 = [p for p, _ in self.pairs if p.dtype == torch.float16]
+        return torch.amp.GradScaler(fp16[0].device.type) if fp16 else None
+
+    def take_grads(self) -> None:
+        for p, m in self.pairs:
+            m.grad = None if p.grad is None else p.grad.float()
+            p.grad = None
+
+    @torch.no_grad()
+    def copy_back(self) -> None:
+        for p, m in self.pairs:
+            p.copy_(m)
+
+    def free(self) -> None:
+        for p, _ in self.pairs:  # a step cut short may have left the model's own gradients
+            p.grad = None
+        self.pairs, self.optimised = [], []
 
 
 def _checkpointing(model, on: bool) -> bool:
