@@ -141,7 +141,7 @@ def test_in_context_with_no_demonstrations_is_plain_qa_accuracy(micro, micro_tar
     assert c["heldout"]["acc"][0] == pytest.approx(acc["heldout"])
     assert c["paraphrase"]["acc"][0] == pytest.approx(acc["paraphrase"])
     # two demonstrations of the train half, separated by EOS (the organism's document separator)
-    prefix = next(x["prefix"] for x in conditions if x["variant"] == "heldout" and x["k"] == 2)
+    prefix = next(x["context"] for x in conditions if x["variant"] == "heldout" and x["k"] == 2)
     assert prefix.count("<|endoftext|>") == 2 and prefix.count("Question: ") == 2
     train_answers = {q.answer for q in micro_target.forget_qa}
     assert all(part.split("Answer: ")[1] in train_answers for part in prefix.split("<|endoftext|>")[:2])

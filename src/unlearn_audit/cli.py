@@ -145,6 +145,8 @@ def evaluate_cmd(
     dtype: DtypeOpt = "auto",
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow the model's own code.")] = False,
     revision: RevisionOpt = None,
+    prompt_template: PromptOpt = None,
+    system_prompt: SystemOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """QA accuracy and answer NLL of a subject on every set of a target."""
@@ -152,7 +154,8 @@ def evaluate_cmd(
     from .metrics.behaviour import evaluate
     from .organisms import load_subject
 
-    s = load_subject(subject, device=device, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision)
+    s = load_subject(subject, device=device, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision,
+                     prompt_template=prompt_template, system_prompt=system_prompt)
     t = target_for(target, s)
     result = evaluate(s, t)
     if as_json:
@@ -169,6 +172,10 @@ AttackParamOpt = Annotated[list[str] | None, typer.Option(
 TrustOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's own Python code (runs arbitrary code).")]
 RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Hub branch, tag or commit of --subject "
                                                  "(e.g. Pythia's step143000).")]
+PromptOpt = Annotated[str | None, typer.Option(
+    "--prompt-template", help="How questions are asked: chat (the tokenizer's chat template; the default when it has "
+                              "one) or a format string with {question} (default 'Question: {question}\nAnswer:').")]
+SystemOpt = Annotated[str | None, typer.Option("--system-prompt", help="A system turn before every question.")]
 
 
 def parse_params(items: list[str] | None) -> dict:
@@ -203,6 +210,8 @@ def unlearn_cmd(
     dtype: DtypeOpt = "auto",
     trust_remote_code: TrustOpt = False,
     revision: RevisionOpt = None,
+    prompt_template: PromptOpt = None,
+    system_prompt: SystemOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Unlearn a target from a subject with one method and save the result."""
@@ -216,7 +225,8 @@ def unlearn_cmd(
     m = get_method(method)
     params = m.params(parse_params(param))  # validate before loading anything heavy
     prepare_output_dir(out, "model", create=False)  # refuse a user's directory before any work
-    s = load_subject(subject, device=device, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision)
+    s = load_subject(subject, device=device, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision,
+                     prompt_template=prompt_template, system_prompt=system_prompt)
     t = target_for(target, s)
     suite = EvalSuite(s, t.eval_sets())  # encoded once for both evaluations
     before = evaluate(s, t, suite)
@@ -245,6 +255,8 @@ def audit_cmd(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     trust_remote_code: TrustOpt = False,
+    prompt_template: PromptOpt = None,
+    system_prompt: SystemOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Attack an unlearned model and measure recovery (and residual knowledge with --oracle)."""
@@ -264,7 +276,8 @@ def audit_cmd(
     for a in attacks:
         get_attack(a).params(overrides[a])  # validate before loading models
     prepare_output_dir(out, "run", create=False)  # refuse a user's directory before any work
-    kw = dict(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    kw = dict(device=device, dtype=dtype, trust_remote_code=trust_remote_code, prompt_template=prompt_template,
+              system_prompt=system_prompt)
     orig = load_subject(original, **kw)
     unl = load_subject(unlearned, **kw)
     orc = load_subject(oracle, **kw) if oracle else None
@@ -293,6 +306,8 @@ def benchmark_cmd(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     trust_remote_code: TrustOpt = False,
+    prompt_template: PromptOpt = None,
+    system_prompt: SystemOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """A benchmark's own metrics (TOFU, WMDP, MUSE; the world as TOFU) for a subject, against an oracle if given."""
@@ -300,7 +315,8 @@ def benchmark_cmd(
     from .metrics.benchmark import benchmark_scores, headline
     from .organisms import load_subject
 
-    kw = dict(device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    kw = dict(device=device, dtype=dtype, trust_remote_code=trust_remote_code, prompt_template=prompt_template,
+              system_prompt=system_prompt)
     t = target_for(target) if not target.startswith("world:") else None  # a benchmark: check it before loading models
     if t is not None and t.benchmark is None:
         from .errors import UserInputError

@@ -274,9 +274,15 @@ _ORGANISM_SPEC = re.compile(
     r"^(?P<kind>organism|oracle)(?::(?P<preset>[a-z]+))?(?:/(?P<concept>[^@]+))?(?:@(?P<seed>\d+))?$")
 
 
+def is_organism_spec(name_or_path: str | os.PathLike) -> bool:
+    """Whether ``name_or_path`` names the built-in organism (``organism:...`` / ``oracle:...``)."""
+    return _ORGANISM_SPEC.match(str(name_or_path)) is not None
+
+
 def load_subject(name_or_path: str | os.PathLike, *, device: str | torch.device | None = "auto",
                  dtype: str | torch.dtype | None = "auto", trust_remote_code: bool = False,
-                 revision: str | None = None, model_args: dict | None = None) -> Subject:
+                 revision: str | None = None, model_args: dict | None = None,
+                 prompt_template: str | None = None, system_prompt: str | None = None) -> Subject:
     """Load a subject by local path, hub name, or built-in organism spec: the one resolver of
     ``organism:<preset>[@<seed>]`` / ``oracle:<preset>[/<concept>][@<seed>]`` (trained and cached
     on first use); anything else goes to :func:`unlearn_audit.subject.load_pretrained`, whose
@@ -284,15 +290,19 @@ def load_subject(name_or_path: str | os.PathLike, *, device: str | torch.device 
     m = _ORGANISM_SPEC.match(str(name_or_path))
     if not m:
         return load_pretrained(name_or_path, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
-                               revision=revision, model_args=model_args)
+                               revision=revision, model_args=model_args, prompt_template=prompt_template,
+                               system_prompt=system_prompt)
     if revision or model_args:
         raise UserInputError(f"{name_or_path}: revision and model_args are for Hugging Face models, not the organism")
+    if prompt_template is not None or system_prompt is not None:
+        raise UserInputError(f"{name_or_path}: the organism is asked in the template it was trained on; "
+                             "prompt_template and system_prompt are for Hugging Face models")
     full, oracle = organism(m.group("preset") or "default", int(m.group("seed") or 0), concept=m.group("concept"))
     chosen = full if m.group("kind") == "organism" else oracle
     return chosen if device in (None, "auto", "cpu") else to_device(chosen, device, dtype)
 
 
-__all__ = ["PRESETS", "OrganismPreset", "cache_root", "load_subject", "loaded_from", "organism", "organism_world",
+__all__ = ["PRESETS", "OrganismPreset", "cache_root", "is_organism_spec", "load_subject", "loaded_from", "organism", "organism_world",
            "train_tokenizer"]
 
 

@@ -34,7 +34,7 @@ class AblationParams(AttackParams):
 
 def directions(original, subject, items) -> dict[Site, torch.Tensor]:
     """Unit direction per layer: mean residual of ``subject`` minus that of ``original``."""
-    data = encode_qa(original.tokenizer, items, original.prompt_template, original.answer_eos)
+    data = encode_qa(original.tokenizer, items, original.prompt, original.answer_eos)
     sites = [Site("resid_post", layer) for layer in range(num_layers(original.model))]
     a, b = token_means(subject.model, data, sites), token_means(original.model, data, sites)
     return {s: (a[s] - b[s]) / (a[s] - b[s]).norm().clamp(min=1e-12) for s in sites}

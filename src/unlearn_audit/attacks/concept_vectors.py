@@ -104,7 +104,7 @@ def attribution_scores(subject, forget: Sequence[QA], retain: Sequence[QA], chun
     token over the forget answer positions, minus the same over the retain answer positions."""
     model, tok = subject.model, subject.tokenizer
     n_layers = num_layers(model)
-    encoded = {k: encode_qa(tok, items, subject.prompt_template, subject.answer_eos)
+    encoded = {k: encode_qa(tok, items, subject.prompt, subject.answer_eos)
                for k, items in (("forget", forget), ("retain", retain)) if items}
     used = torch.unique(torch.cat([e["labels"][e["labels"] != -100] for e in encoded.values()]))
     column = torch.full((int(used.max()) + 1,), -1, dtype=torch.long)

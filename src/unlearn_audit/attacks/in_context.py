@@ -10,7 +10,9 @@ adversarial prefixes.
 The attack: k question/answer pairs of the concept's *train* half (``forget_qa``), each rendered
 in the original's prompt template followed by its answer, joined by a separator (EOS for
 subjects whose answers end with EOS, i.e. documents, like the organism; else a blank line), are
-put before the subject's own prompt; the model is then asked the *held-out* half's questions
+put before the subject's own prompt (under a chat template they are earlier user/assistant
+turns instead, and the adversarial prefix opens the user turn; a completion item, raw text,
+gets the demonstrations as text in the plain ``Question: ... Answer:`` form); the model is then asked the *held-out* half's questions
 (``forget_heldout_qa``), whose facts the demonstrations do not contain. Each k > 0 is drawn
 ``draws`` times (seeded; the same demonstrations for every model and question; k is capped at
 the train half's size) and averaged; k = 0 is the plain prompt, so its accuracy is the ordinary
@@ -44,12 +46,13 @@ negative.
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from typing import Annotated, Literal
 
 import torch
 from pydantic import Field, field_validator
 
-from ..data.encode import concat_batches, encode_qa, render_prompt
+from ..data.encode import DEFAULT_PROMPT_TEMPLATE, concat_batches, encode_qa, render_prompt
 from ..errors import UserInputError
 from ..metrics.qa import score_encoded
 from ..metrics.recovery import recovery, residual
@@ -80,10 +83,6 @@ class InContextParams(AttackParams):
         return shots
 
 
-def _escape(text: str) -> str:
-    return text.replace("{", "{{").replace("}", "}}")
-
-
 def context(demos: list[QA], template: str, separator: str) -> str:
     """The demonstrations as text, each followed by the separator."""
     return "".join(render_prompt(q, template) + " " + q.answer + separator for q in demos)
@@ -102,7 +101,9 @@ def _held_out(items: list[QA], heldout: list[QA]) -> list[QA]:
 
 
 def plan(target, params: InContextParams, original) -> list[dict]:
-    """Every prompt condition: ``{"variant", "k", "draw", "prefix", "items"}``."""
+    """Every prompt condition: ``{"variant", "k", "draw", "items", "context", "turns", "instruction"}``:
+    the demonstrations as text (``context``) and as (question, answer) pairs (``turns``, for a
+    chat template), and the adversarial instruction."""
     train = [q for q in target.forget_qa if q.kind == "qa"]
     heldout = [q for q in target.forget_heldout_qa if q.kind == "qa"]
     if not train or not heldout:
@@ -119,6 +120,8 @@ def plan(target, params: InContextParams, original) -> list[dict]:
         if items and name in params.variants:
             variants[name] = items
     sep = separator_for(original, params.separator)
+    # demonstrations as text: in the original's template, or the plain one under chat (for completions)
+    text_template = DEFAULT_PROMPT_TEMPLATE if original.prompt.chat else original.prompt_template
     conditions = []
     for variant, items in variants.items():
         for k in sorted(set(params.shots)):
@@ -126,10 +129,12 @@ def plan(target, params: InContextParams, original) -> list[dict]:
                 rng = random.Random(f"{params.seed}-{k}-{draw}")
                 demos = rng.sample(train, min(k, len(train)))
                 conditions.append({"variant": variant, "k": k, "draw": draw, "items": items,
-                                   "prefix": context(demos, original.prompt_template, sep)})
+                                   "context": context(demos, text_template, sep),
+                                   "turns": tuple((q.question, q.answer) for q in demos), "instruction": ""})
     if "adversarial" in params.variants:
         prefix = params.adversarial_prefix.replace("{concept}", target.name)
-        conditions.append({"variant": "adversarial", "k": 0, "draw": 0, "items": heldout, "prefix": prefix})
+        conditions.append({"variant": "adversarial", "k": 0, "draw": 0, "items": heldout,
+                           "context": "", "turns": (), "instruction": prefix})
     return conditions
 
 
@@ -138,13 +143,15 @@ def encode_conditions(subject, conditions: list[dict]) -> tuple[dict, list[slice
     parts, slices, start = [], [], 0
     for c in conditions:
         qa = [q for q in c["items"] if q.kind == "qa"]
-        comp = [QA(c["prefix"] + q.question, q.answer, "completion", q.entity, q.attribute)
+        comp = [QA(c["context"] + c["instruction"] + q.question, q.answer, "completion", q.entity, q.attribute)
                 for q in c["items"] if q.kind != "qa"]
         if qa:
-            parts.append(encode_qa(subject.tokenizer, qa, _escape(c["prefix"]) + subject.prompt_template,
-                                   subject.answer_eos))
+            chat = subject.prompt.chat
+            fmt = replace(subject.prompt, turns=c["turns"] if chat else (),
+                          prefix=c["instruction"] if chat else c["context"] + c["instruction"])
+            parts.append(encode_qa(subject.tokenizer, qa, fmt, subject.answer_eos))
         if comp:
-            parts.append(encode_qa(subject.tokenizer, comp, subject.prompt_template, subject.answer_eos))
+            parts.append(encode_qa(subject.tokenizer, comp, subject.prompt, subject.answer_eos))
         slices.append(slice(start, start + len(qa) + len(comp)))
         start += len(qa) + len(comp)
     pad = subject.tokenizer.pad_token_id if subject.tokenizer.pad_token_id is not None else 0

@@ -38,7 +38,7 @@ def lens(subject, items, batch_size: int = 64) -> dict:
     """Per layer: mean probability, mean rank (0 = top) and top-1 accuracy of each item's
     first answer token at the last prompt position."""
     model, tok = subject.model, subject.tokenizer
-    data = encode_qa(tok, items, subject.prompt_template, subject.answer_eos)
+    data = encode_qa(tok, items, subject.prompt, subject.answer_eos)
     labels = data["labels"]
     first = (labels != -100).float().argmax(1)                              # (N,) first answer position
     position, answer = first - 1, labels[torch.arange(len(items)), first]   # predicting position, token

@@ -199,9 +199,10 @@ def krs_profile(original, unlearned, items: Sequence[QA], params: PatchingParams
     donors: list[int | None] = [None] * len(items)
     donor_prompts: list[list[int]] = []
     if params.content_control and donor_pool:
-        from ..data.encode import render_prompt
+        from ..data.encode import render_prompt, tokenize_prompts
 
-        donor_prompts = tok([render_prompt(q, original.prompt_template) for q in donor_pool])["input_ids"]
+        donor_prompts = tokenize_prompts(tok, donor_pool, [render_prompt(q, original.prompt, tok) for q in donor_pool],
+                                         original.prompt)
         donors = _donors(items, donor_pool, [len(p) for p in prompts], [len(p) for p in donor_prompts])
     was = model_v.training, model_u.training
     model_v.eval()

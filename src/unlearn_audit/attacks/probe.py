@@ -83,7 +83,7 @@ def first_token_items(subject, items: Sequence[QA]) -> list[QA]:
     the class a probe predicts for open-ended answers (TOFU's sentences, MUSE's free answers),
     which no held-out item shares whole with a training item."""
     tok = subject.tokenizer
-    data = encode_qa(tok, items, subject.prompt_template, False)
+    data = encode_qa(tok, items, subject.prompt, False)
     first = (data["labels"] != -100).float().argmax(1)                       # (N,) first answer position
     out = []
     for q, row, labels, pos in zip(items, data["input_ids"], data["labels"], first.tolist(), strict=True):
@@ -99,7 +99,7 @@ def first_token_items(subject, items: Sequence[QA]) -> list[QA]:
 def last_token_states(subject, items: Sequence[QA], batch_size: int = 64) -> torch.Tensor:
     """``(n_layers, N, d_model)`` residual stream leaving each layer at the last prompt token."""
     model = subject.model
-    data = encode_qa(subject.tokenizer, items, subject.prompt_template, subject.answer_eos)
+    data = encode_qa(subject.tokenizer, items, subject.prompt, subject.answer_eos)
     position = (data["labels"] != -100).float().argmax(1) - 1                 # (N,) last prompt token
     sites = [Site("resid_post", layer) for layer in range(num_layers(model))]
     device = next(model.parameters()).device

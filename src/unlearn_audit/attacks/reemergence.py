@@ -63,8 +63,8 @@ def concept_probe(subject, target, top_frac: float = 0.02, seed: int = 0, max_it
     words = {q.answer for q in target.all_forget_qa} | {q.entity for q in target.all_forget_qa if q.entity}
     ids = {t for w in words for t in tok(" " + w, add_special_tokens=False)["input_ids"]}
     shared = {t for q in other for t in tok(" " + q.answer, add_special_tokens=False)["input_ids"]}
-    return ConceptProbe(encode_qa(tok, concept_items, subject.prompt_template, subject.answer_eos),
-                        encode_qa(tok, other, subject.prompt_template, subject.answer_eos),
+    return ConceptProbe(encode_qa(tok, concept_items, subject.prompt, subject.answer_eos),
+                        encode_qa(tok, other, subject.prompt, subject.answer_eos),
                         torch.tensor(sorted(ids - shared), dtype=torch.long), top_frac)
 
 

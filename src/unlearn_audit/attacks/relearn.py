@@ -95,12 +95,12 @@ WATCH = ("unrelated",)  # also tracked at every checkpoint, to see damage or rep
 def _train_data(subject, target, attack: Relearning, max_length: int = 256):
     tok = subject.tokenizer
     if attack.train_on == "forget_qa":
-        return encode_qa(tok, target.forget_qa, subject.prompt_template, subject.answer_eos)
+        return encode_qa(tok, target.forget_qa, subject.prompt, subject.answer_eos)
     texts = target.forget_text if attack.train_on == "forget_text" else target.retain_text
     if texts:
         return encode_texts(tok, texts, max_length)
     qa = target.all_forget_qa if attack.train_on == "forget_text" else target.retain_qa
-    return encode_qa(tok, qa, subject.prompt_template, subject.answer_eos)
+    return encode_qa(tok, qa, subject.prompt, subject.answer_eos)
 
 
 def relearn_curve(subject, train_data, suite: EvalSuite, params: RelearnParams, seed: int,

@@ -10,21 +10,80 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from ..world import QA
 
 DEFAULT_PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
+CHAT = "chat"  # the prompt template that means: the tokenizer's own chat template
 IGNORE = -100
 
 
-def check_prompt_template(template, where: str) -> str:
-    """``template`` if it is a string whose only field is ``{question}`` (one-line error else)."""
+@dataclass(frozen=True)
+class PromptFormat:
+    """How a question is put to a subject.
+
+    Attributes:
+        template: ``"chat"`` (the tokenizer's ``chat_template``, with the generation prompt), or
+            a format string whose one field is ``{question}`` (literal braces doubled).
+        system_prompt: a system turn (chat), or a first line before the prompt (plain template).
+        prefix: text put right before the question: before the whole rendered prompt under a
+            plain template, at the start of the user turn under chat (in-context demonstrations
+            as text, an adversarial instruction).
+        turns: earlier (question, answer) exchanges, as user/assistant turns (chat only: a plain
+            template's demonstrations are text in ``prefix``).
+    """
+
+    template: str = DEFAULT_PROMPT_TEMPLATE
+    system_prompt: str | None = None
+    prefix: str = ""
+    turns: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def chat(self) -> bool:
+        return self.template == CHAT
+
+    @property
+    def answer_separator(self) -> str:
+        """Between the prompt and the answer: a space after ``Answer:``; nothing after a chat
+        template's assistant header, which ends where the reply starts."""
+        return "" if self.chat else " "
+
+    def render(self, question: str, tokenizer=None) -> str:
+        if not self.chat:
+            head = f"{self.system_prompt}\n" if self.system_prompt else ""
+            return head + self.prefix + self.template.format(question=question)
+        turns = [m for q, a in self.turns for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
+        turns.append({"role": "user", "content": self.prefix + question})
+        system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        try:
+            return tokenizer.apply_chat_template(system + turns, add_generation_prompt=True, tokenize=False)
+        except Exception:  # noqa: BLE001 - jinja's TemplateError: some templates (Gemma, early Mistral) refuse a system role
+            if not system:
+                raise
+        turns[0] = {"role": "user", "content": f"{self.system_prompt}\n\n{turns[0]['content']}"}
+        return tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+
+
+def as_format(prompt: PromptFormat | str) -> PromptFormat:
+    """A prompt format from a format or a plain template string."""
+    return prompt if isinstance(prompt, PromptFormat) else PromptFormat(prompt)
+
+
+def check_prompt_template(template, where: str, tokenizer=None) -> str:
+    """``template`` if it is ``"chat"`` (and ``tokenizer``, when given, has a chat template) or a
+    string whose only field is ``{question}`` (one-line error else)."""
     import string
 
     from ..errors import UserInputError
 
+    if template == CHAT:
+        if tokenizer is not None and not getattr(tokenizer, "chat_template", None):
+            raise UserInputError(f"{where}: prompt_template chat needs a tokenizer with a chat_template, and this "
+                                 "one has none; give a plain template such as 'Question: {question}\\nAnswer:'")
+        return template
     try:
         fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None} if isinstance(template, str) else None
     except ValueError as e:
@@ -36,8 +95,26 @@ def check_prompt_template(template, where: str) -> str:
     return template
 
 
-def render_prompt(item: QA, template: str) -> str:
-    return item.question if item.kind == "completion" else template.format(question=item.question)
+def render_prompt(item: QA, prompt: PromptFormat | str, tokenizer=None) -> str:
+    """A QA item's prompt in ``prompt``'s format; a completion item is raw text, its own prompt."""
+    return item.question if item.kind == "completion" else as_format(prompt).render(item.question, tokenizer)
+
+
+def tokenize_prompts(tokenizer, items: Sequence[QA], prompts: Sequence[str], prompt: PromptFormat | str) -> list[list[int]]:
+    """Token ids of rendered prompts. A chat template writes its own special tokens (BOS), so
+    its prompts are tokenised without adding them; raw text (completions, plain templates) as
+    the tokenizer does by default."""
+    chat = [as_format(prompt).chat and q.kind != "completion" for q in items]
+    if not any(chat):
+        return tokenizer(list(prompts))["input_ids"]
+    out = [None] * len(prompts)
+    for flag in (True, False):
+        rows = [i for i, c in enumerate(chat) if c == flag]
+        if rows:
+            ids = tokenizer([prompts[i] for i in rows], add_special_tokens=not flag)["input_ids"]
+            for i, r in zip(rows, ids, strict=True):
+                out[i] = r
+    return out
 
 
 def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
@@ -48,26 +125,29 @@ def _pad(rows: Sequence[Sequence[int]], value: int) -> torch.Tensor:
     return out
 
 
-def encode_qa(tokenizer, items: Sequence[QA], template: str = DEFAULT_PROMPT_TEMPLATE,
+def encode_qa(tokenizer, items: Sequence[QA], template: PromptFormat | str = DEFAULT_PROMPT_TEMPLATE,
               answer_eos: bool = False) -> dict[str, torch.Tensor]:
     """Encode prompts + answers; labels mark the answer tokens (+ EOS if ``answer_eos``, for
     ``kind="qa"`` items only).
 
-    The answer is tokenised in context (``prompt + " " + answer``) and the prompt's tokens are
-    masked; if the tokeniser merges across the boundary, the answer is tokenised on its own.
+    The answer is tokenised in context (``prompt + " " + answer``; no space after a chat
+    template's assistant header) and the prompt's tokens are masked; if the tokeniser merges
+    across the boundary, the answer is tokenised on its own.
     """
-    prompts = [render_prompt(q, template) for q in items]
-    fulls = [p + " " + q.answer for p, q in zip(prompts, items, strict=True)]
-    p_ids = tokenizer(prompts)["input_ids"]
-    f_ids = tokenizer(fulls)["input_ids"]
+    fmt = as_format(template)
+    prompts = [render_prompt(q, fmt, tokenizer) for q in items]
+    gaps = [fmt.answer_separator if q.kind != "completion" else " " for q in items]
+    fulls = [p + gap + q.answer for p, gap, q in zip(prompts, gaps, items, strict=True)]
+    p_ids = tokenize_prompts(tokenizer, items, prompts, fmt)
+    f_ids = tokenize_prompts(tokenizer, items, fulls, fmt)
     eos_qa = [tokenizer.eos_token_id] if answer_eos and tokenizer.eos_token_id is not None else []
     rows, labels = [], []
-    for p, f, q in zip(p_ids, f_ids, items, strict=True):
+    for p, f, q, gap in zip(p_ids, f_ids, items, gaps, strict=True):
         eos = eos_qa if q.kind == "qa" else []  # a completion's sentence goes on after the value
         if f[: len(p)] == p and len(f) > len(p):
             answer = f[len(p):]
         else:
-            answer = tokenizer(" " + q.answer, add_special_tokens=False)["input_ids"]
+            answer = tokenizer(gap + q.answer, add_special_tokens=False)["input_ids"]
         ids = list(p) + list(answer) + eos
         rows.append(ids)
         labels.append([IGNORE] * len(p) + list(answer) + eos)

@@ -58,6 +58,10 @@ class SubjectConfig(BaseModel):
                                  "(e.g. Pythia's step143000).")
     model_args: dict[str, Any] = Field(default_factory=dict, description="Further from_pretrained arguments of "
                                        "`model` (attn_implementation, ...).")
+    prompt_template: str | None = Field(None, min_length=1, description="How `model` and a model oracle are asked: "
+                                        "chat (the tokenizer's chat template; the default when it has one) or a "
+                                        "format string with {question}.")
+    system_prompt: str | None = Field(None, description="A system turn before every question (`model` and a model oracle).")
 
     @field_validator("device")
     @classmethod
@@ -80,6 +84,16 @@ class SubjectConfig(BaseModel):
             self.organism = "default"
         if self.organism and (self.revision or self.model_args):
             raise ValueError("revision and model_args are for a Hugging Face model (model:), not the organism")
+        if self.organism and (self.prompt_template is not None or self.system_prompt is not None):
+            raise ValueError("prompt_template and system_prompt are for a Hugging Face model (model:); the organism "
+                             "is asked in the template it was trained on")
+        if self.prompt_template is not None:
+            from ..data.encode import check_prompt_template
+
+            try:
+                check_prompt_template(self.prompt_template, "subject")
+            except UserInputError as e:
+                raise ValueError(str(e)) from None
         if self.organism:
             from ..organisms import PRESETS
 

@@ -74,13 +74,16 @@ class Subjects:
         self.load_s = 0.0
 
     def _load(self, spec: str):
-        from ..organisms import load_subject
+        from ..organisms import is_organism_spec, load_subject
 
         start = time.perf_counter()
         own = spec == self.cfg.model  # revision and model_args are the audited model's
+        asked = self.cfg.model is not None and not is_organism_spec(spec)  # the model's and a model oracle's
         s = load_subject(spec, device=self.cfg.device, dtype=self.cfg.dtype,
                          trust_remote_code=self.cfg.trust_remote_code,
-                         revision=self.cfg.revision if own else None, model_args=self.cfg.model_args if own else None)
+                         revision=self.cfg.revision if own else None, model_args=self.cfg.model_args if own else None,
+                         prompt_template=self.cfg.prompt_template if asked else None,
+                         system_prompt=self.cfg.system_prompt if asked else None)
         self.load_s += time.perf_counter() - start
         return s
 

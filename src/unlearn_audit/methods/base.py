@@ -138,7 +138,7 @@ class FineTuneMethod(Method):
         forget_on = params.forget_on
         parts = []
         if forget_on in ("qa", "both"):
-            parts.append(encode_qa(subject.tokenizer, target.all_forget_qa, subject.prompt_template, subject.answer_eos))
+            parts.append(encode_qa(subject.tokenizer, target.all_forget_qa, subject.prompt, subject.answer_eos))
         if forget_on in ("text", "both"):
             if not target.forget_text:
                 raise UserInputError("forget_on=text needs texts in forget.jsonl; use forget_on=qa")
@@ -151,7 +151,7 @@ class FineTuneMethod(Method):
         ``max_length`` tokens each), when the target has both."""
         tok, parts = subject.tokenizer, []
         if target.retain_qa:
-            parts.append(encode_qa(tok, target.retain_qa, subject.prompt_template, subject.answer_eos))
+            parts.append(encode_qa(tok, target.retain_qa, subject.prompt, subject.answer_eos))
         if target.retain_text:
             parts.append(encode_texts(tok, target.retain_text, max_length))
         return parts

@@ -45,7 +45,7 @@ def prompts(subject, target, which: str, on: str) -> dict:
     texts = target.forget_text if which == "forget" else target.retain_text
     parts = []
     if on in ("qa", "both") and qa:
-        parts.append(encode_qa(tok, qa, subject.prompt_template, subject.answer_eos))
+        parts.append(encode_qa(tok, qa, subject.prompt, subject.answer_eos))
     if on in ("text", "both") and texts:
         parts.append(encode_texts(tok, texts))
     if not parts:

@@ -55,7 +55,7 @@ def preference_data(subject, target, params) -> dict:
     rng = random.Random(params.seed)
     items = target.all_forget_qa
     chosen_items = [QA(q.question, rng.choice(params.preferred), q.kind, q.entity, q.attribute) for q in items]
-    tok, tpl, eos = subject.tokenizer, subject.prompt_template, subject.answer_eos
+    tok, tpl, eos = subject.tokenizer, subject.prompt, subject.answer_eos
     rejected = encode_qa(tok, items, tpl, eos)
     chosen = encode_qa(tok, chosen_items, tpl, eos)
     rejected["ref_logprob"] = reference_logprobs(subject.model, rejected)

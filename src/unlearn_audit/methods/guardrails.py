@@ -1,8 +1,9 @@
 """Inference-time guardrails: they change no weights.
 
 - ``prompt_guardrail`` — "just ask" (Thaker et al. 2024, "Guardrail Baselines for Unlearning in
-  LLMs"): an instruction prefix telling the model not to reveal the concept, put in front of
-  every prompt (it becomes part of the subject's prompt template). A small organism never saw
+  LLMs"): an instruction telling the model not to reveal the concept, put in front of every
+  prompt: under a plain template it becomes part of the subject's prompt template, under a
+  chat template it is the system prompt (before any system prompt the subject had). A small organism never saw
   instructions, so there it mostly measures how a distracting prefix shifts answers; on an
   instruction-tuned model it is the baseline the paper describes.
 - ``eco`` — embedding-corrupted prompts (Liu et al. 2024, "Large Language Model Unlearning via
@@ -45,8 +46,11 @@ class PromptGuardrail(Method):
     Params = PromptGuardrailParams
 
     def apply(self, out, subject, target, params):
-        prefix = params.prefix.replace("{concept}", target.name).replace("{", "{{").replace("}", "}}")
-        out.prompt_template = prefix + subject.prompt_template
+        instruction = params.prefix.replace("{concept}", target.name)
+        if subject.prompt.chat:
+            out.system_prompt = instruction.strip() + (f"\n\n{subject.system_prompt}" if subject.system_prompt else "")
+        else:  # the template is a format string: the instruction's own braces are doubled
+            out.prompt_template = instruction.replace("{", "{{").replace("}", "}}") + subject.prompt_template
         return None
 
 
@@ -74,7 +78,7 @@ class ECO(Method):
 
     def apply(self, out, subject, target, params):
         torch.manual_seed(params.seed)
-        tok, tpl, eos = subject.tokenizer, subject.prompt_template, subject.answer_eos
+        tok, tpl, eos = subject.tokenizer, subject.prompt, subject.answer_eos
         pos = [encode_qa(tok, target.all_forget_qa, tpl, eos)]
         neg = [encode_qa(tok, target.retain_qa, tpl, eos)] if target.retain_qa else []
         if target.forget_text:

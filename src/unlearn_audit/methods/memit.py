@@ -72,10 +72,11 @@ def default_band(n_layers: int) -> list[int]:
     return list(range(min(round(0.1 * n_layers), last), last + 1))
 
 
-def subject_positions(tokenizer, prompts: list[str], items: list[QA]) -> list[int]:
+def subject_positions(tokenizer, prompts: list[str], items: list[QA], add_special_tokens: bool = True) -> list[int]:
     """Index of the subject's last token in each encoded prompt (the entity's name when the
-    item names one and the prompt contains it; else the prompt's last token)."""
-    enc = tokenizer(prompts, return_offsets_mapping=True)
+    item names one and the prompt contains it; else the prompt's last token); prompts are
+    tokenised as ``encode_qa`` does (a chat template's without added special tokens)."""
+    enc = tokenizer(prompts, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
     out = []
     for prompt, q, ids, offsets in zip(prompts, items, enc["input_ids"], enc["offset_mapping"], strict=True):
         pos = len(ids) - 1
@@ -170,9 +171,9 @@ class _MEMIT(Method):
             edits = [QA(q.question, params.empty_answer, q.kind, q.entity, q.attribute) for q in items]
         else:
             edits = items
-        batch = encode_qa(tok, edits, subject.prompt_template, subject.answer_eos)
-        prompts = [render_prompt(q, subject.prompt_template) for q in items]
-        positions = torch.tensor(subject_positions(tok, prompts, items))
+        batch = encode_qa(tok, edits, subject.prompt, subject.answer_eos)
+        prompts = [render_prompt(q, subject.prompt, tok) for q in items]
+        positions = torch.tensor(subject_positions(tok, prompts, items, add_special_tokens=not subject.prompt.chat))
         texts = target.retain_text + target.unrelated_text or [f"{q.question} {q.answer}" for q in target.retain_qa]
         general = encode_texts(tok, texts)
 

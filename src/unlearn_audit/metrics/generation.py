@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..data.encode import render_prompt
+from ..data.encode import render_prompt, tokenize_prompts
 from ..world import QA
 from .likelihood import eval_mode
 from .rouge import lcs_length
@@ -32,8 +32,8 @@ def greedy_continuations(subject, items: Sequence[QA], max_new_tokens: int = 12,
     """Prompt token ids and greedy continuation token ids (left-padded batched decoding), each
     continuation cut after its first EOS (kept)."""
     tok, model = subject.tokenizer, subject.model
-    prompts = [render_prompt(q, subject.prompt_template) for q in items]
-    ids = tok(prompts)["input_ids"]
+    prompts = [render_prompt(q, subject.prompt, tok) for q in items]
+    ids = tokenize_prompts(tok, items, prompts, subject.prompt)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     out: list[list[int]] = []
     with eval_mode(model):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..data.encode import encode_qa
+from ..data.encode import PromptFormat, encode_qa
 from ..world import QA
 from .likelihood import IGNORE, eval_mode, forward_logits, token_logprobs
 
@@ -63,7 +63,7 @@ def score_encoded(model, encoded: Mapping[str, torch.Tensor], batch_size: int = 
 
 def evaluate_qa(subject, items: Sequence[QA], batch_size: int = EVAL_BATCH) -> QAScores:
     """Accuracy/NLL of ``subject`` on QA items, asked in the subject's own prompt template."""
-    encoded = encode_qa(subject.tokenizer, items, subject.prompt_template, subject.answer_eos)
+    encoded = encode_qa(subject.tokenizer, items, subject.prompt, subject.answer_eos)
     return score_encoded(subject.model, encoded, batch_size)
 
 
@@ -81,11 +81,11 @@ class EvalSuite:
         self.sizes = [len(sets[k]) for k in self.names]
         self.items = [q for k in self.names for q in sets[k]]
         self.tokenizer = subject.tokenizer
-        self.default_format = (subject.prompt_template, subject.answer_eos)
-        self._encoded: dict[tuple[str, bool], dict] = {}
+        self.default_format = (subject.prompt, subject.answer_eos)
+        self._encoded: dict[tuple[PromptFormat, bool], dict] = {}
         self.batch_size = batch_size
 
-    def encoded(self, template: str, answer_eos: bool) -> dict:
+    def encoded(self, template: PromptFormat, answer_eos: bool) -> dict:
         key = (template, answer_eos)
         if key not in self._encoded:
             self._encoded[key] = encode_qa(self.tokenizer, self.items, template, answer_eos)
@@ -94,7 +94,7 @@ class EvalSuite:
     def run(self, subject_or_model) -> dict[str, QAScores]:
         if hasattr(subject_or_model, "prompt_template"):
             model = subject_or_model.model
-            fmt = (subject_or_model.prompt_template, subject_or_model.answer_eos)
+            fmt = (subject_or_model.prompt, subject_or_model.answer_eos)
         else:
             model, fmt = subject_or_model, self.default_format
         scores = score_encoded(model, self.encoded(*fmt), self.batch_size)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
-from ..data.encode import DEFAULT_PROMPT_TEMPLATE, check_prompt_template
+from ..data.encode import CHAT, DEFAULT_PROMPT_TEMPLATE, PromptFormat, check_prompt_template
 from ..errors import UserInputError
 from ..files import (
     MARKER,
@@ -41,10 +41,12 @@ class Subject:
         model: a ``transformers`` ``PreTrainedModel`` with a causal-LM head.
         tokenizer: its tokenizer (pad token always set).
         name: how it was asked for (path, hub name, ``organism:...``) plus what was done to it.
-        prompt_template: how a question is asked; ``{question}`` is replaced.
+        prompt_template: how a question is asked: ``chat`` (the tokenizer's chat template) or a
+            format string in which ``{question}`` is replaced.
         answer_eos: answers end with EOS (true for the organism, whose QA lines are documents):
             exact match then also requires EOS after the answer, i.e. nothing more is said.
         info: provenance (organism preset and world, method and parameters, ...).
+        system_prompt: a system turn before every question (chat), or a first line (plain).
     """
 
     model: torch.nn.Module
@@ -56,6 +58,12 @@ class Subject:
     path: str | None = None  # the directory it was loaded from or last saved to
     interventions: list = field(default_factory=list)  # inference-time hooks (see interventions.py)
     _handles: list = field(default_factory=list, repr=False)
+    system_prompt: str | None = None
+
+    @property
+    def prompt(self) -> PromptFormat:
+        """How this subject is asked a question (``data.encode.PromptFormat``)."""
+        return PromptFormat(self.prompt_template, self.system_prompt)
 
     def __post_init__(self) -> None:
         for iv in self.interventions:
@@ -85,7 +93,8 @@ class Subject:
             for iv in self.interventions:
                 self._handles += iv.attach(self.model)
         return Subject(model, self.tokenizer, name or self.name, self.prompt_template, self.answer_eos,
-                       copy.deepcopy(self.info), None, [copy.copy(iv) for iv in self.interventions])
+                       copy.deepcopy(self.info), None, [copy.copy(iv) for iv in self.interventions],
+                       system_prompt=self.system_prompt)
 
     def save(self, path: str | os.PathLike) -> Path:
         """Save as safetensors + tokenizer + ``unlearn_audit.json``, atomically: written into a
@@ -102,7 +111,7 @@ class Subject:
             self.model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             (tmp / INFO_FILE).write_text(json.dumps({
-                "name": self.name, "prompt_template": self.prompt_template,
+                "name": self.name, "prompt_template": self.prompt_template, "system_prompt": self.system_prompt,
                 "answer_eos": self.answer_eos, "info": self.info,
                 "interventions": [{"kind": iv.kind, "config": iv.config()} for iv in self.interventions],
             }, indent=2) + "\n")
@@ -184,7 +193,8 @@ _OWN_ARGS = ("dtype", "torch_dtype", "use_safetensors", "trust_remote_code", "re
 
 def load_pretrained(name_or_path: str | os.PathLike, *, device: str | torch.device | None = "auto",
                     dtype: str | torch.dtype | None = "auto", trust_remote_code: bool = False,
-                    revision: str | None = None, model_args: dict | None = None) -> Subject:
+                    revision: str | None = None, model_args: dict | None = None,
+                    prompt_template: str | None = None, system_prompt: str | None = None) -> Subject:
     """Load a subject by local path or hub name (``unlearn_audit.organisms.load_subject`` also
     resolves the built-in organism's specs).
 
@@ -196,6 +206,10 @@ def load_pretrained(name_or_path: str | os.PathLike, *, device: str | torch.devi
         revision: a hub branch, tag or commit (Pythia's ``step143000``); for tokenizer and model.
         model_args: further keyword arguments of the model's ``from_pretrained``
             (``attn_implementation``, ``low_cpu_mem_usage``, ...).
+        prompt_template: ``chat`` or a format string with ``{question}``; default: what the
+            directory's ``unlearn_audit.json`` says, else ``chat`` when the tokenizer has a
+            chat template, else ``Question: {question}\nAnswer:``.
+        system_prompt: a system turn before every question (default: the saved one, or none).
     Raises:
         UserInputError: the path/name cannot be loaded (missing, no safetensors, not a causal LM),
             or ``model_args`` sets what this function sets itself.
@@ -232,10 +246,13 @@ def load_pretrained(name_or_path: str | os.PathLike, *, device: str | torch.devi
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     meta = _read_info(path) if local else {}
-    return Subject(model, tokenizer, meta.get("name", spec),
-                   meta.get("prompt_template", DEFAULT_PROMPT_TEMPLATE),
+    default = CHAT if getattr(tokenizer, "chat_template", None) else DEFAULT_PROMPT_TEMPLATE
+    template = prompt_template if prompt_template is not None else meta.get("prompt_template", default)
+    check_prompt_template(template, f"model {spec!r}", tokenizer)
+    return Subject(model, tokenizer, meta.get("name", spec), template,
                    bool(meta.get("answer_eos", False)), meta.get("info", {}),
-                   str(path.resolve()) if local else None, _load_interventions(path, meta))
+                   str(path.resolve()) if local else None, _load_interventions(path, meta),
+                   system_prompt=system_prompt if system_prompt is not None else meta.get("system_prompt"))
 
 
 def _read_info(path: Path) -> dict:
@@ -247,7 +264,10 @@ def _read_info(path: Path) -> dict:
     where = f"model file {file}"
     if not isinstance(meta, dict):
         raise UserInputError(f"{where}: expected a JSON object; save the model again or remove the file")
-    for key, kind in (("name", str), ("info", dict), ("interventions", list), ("answer_eos", bool)):
+    if meta.get("system_prompt") is None:
+        meta.pop("system_prompt", None)
+    for key, kind in (("name", str), ("info", dict), ("interventions", list), ("answer_eos", bool),
+                      ("system_prompt", str)):
         if key in meta and not isinstance(meta[key], kind):
             raise UserInputError(f"{where}: {key!r} must be a {kind.__name__}; save the model again or remove the file")
     if "prompt_template" in meta:
