@@ -212,6 +212,8 @@ def unlearn_cmd(
     revision: RevisionOpt = None,
     prompt_template: PromptOpt = None,
     system_prompt: SystemOpt = None,
+    merge: Annotated[bool, typer.Option("--merge", help="With lora_r > 0: save a whole model with the adapters "
+                                        "merged in (default: the adapters only, which load onto the subject).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Unlearn a target from a subject with one method and save the result."""
@@ -231,7 +233,7 @@ def unlearn_cmd(
     suite = EvalSuite(s, t.eval_sets())  # encoded once for both evaluations
     before = evaluate(s, t, suite)
     u = unlearn(s, t, method, params)  # validated once, above
-    u.save(out)
+    u.save(out, merge=merge)
     after = evaluate(u, t, suite)
     doc = {"subject": s.name, "target": t.name, "method": method, "params": params.model_dump(),
            "out": str(out), "before": before, "after": after}

@@ -28,6 +28,26 @@ MaxLength = Annotated[int, Field(ge=8, le=1_048_576, description="Tokens per tra
                                  "truncated; MUSE and WMDP documents run to 2048).")]
 
 
+# LoRA, for every fine-tuning method and relearning attack (subject/lora.py; the peft extra)
+LoraR = Annotated[int, Field(ge=0, le=4096, description="LoRA rank: train adapters of this rank on frozen, shared "
+                             "weights (0: full fine-tuning). Needs the peft extra.")]
+LoraAlpha = Annotated[float | None, Field(gt=0, description="LoRA scale numerator: the update is (lora_alpha / "
+                                          "lora_r) B A (default: 2 x lora_r).")]
+LoraDropout = Annotated[float, Field(ge=0, lt=1, description="Dropout on the LoRA branch's input.")]
+LoraTargets = Annotated[list[str] | None, Field(description="Module names that get adapters, e.g. [q_proj,v_proj] "
+                                                "(default: every linear layer but the output head).")]
+
+
+def lora_settings(params: BaseModel):
+    """The ``LoraSettings`` of a Params object's ``lora_*`` fields, or None for full fine-tuning."""
+    if not params.lora_r:
+        return None
+    from .subject.lora import LoraSettings
+
+    return LoraSettings(params.lora_r, params.lora_alpha or 2.0 * params.lora_r, params.lora_dropout,
+                        tuple(params.lora_targets) if params.lora_targets else "all-linear")
+
+
 def train_settings(params: BaseModel) -> dict[str, Any]:
     """The ``TrainConfig`` keyword arguments that a Params object's batching knobs set."""
     return {"grad_accum_steps": params.grad_accum_steps, "gradient_checkpointing": params.gradient_checkpointing}

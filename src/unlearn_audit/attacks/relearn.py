@@ -41,7 +41,12 @@ from ..params import (
     MAX_STEPS,
     GradAccumSteps,
     GradientCheckpointing,
+    LoraAlpha,
+    LoraDropout,
+    LoraR,
+    LoraTargets,
     MaxLength,
+    lora_settings,
     renamed_params,
     train_settings,
 )
@@ -64,6 +69,10 @@ class RelearnParams(AttackParams):
     grad_accum_steps: GradAccumSteps = 1
     gradient_checkpointing: GradientCheckpointing = False
     max_length: MaxLength = 256
+    lora_r: LoraR = 0
+    lora_alpha: LoraAlpha = None
+    lora_dropout: LoraDropout = 0.0
+    lora_targets: LoraTargets = None
     runs: int = Field(1, ge=1, le=1000, description="Relearning runs, with seeds seed..seed+runs-1; curves are averaged.")
     bootstrap: int = Field(1000, ge=0, le=1_000_000, description="Bootstrap resamples for the intervals (0: none).")
     reemergence: bool = Field(True, description="Track concept neurons at every checkpoint (first seed).")
@@ -113,7 +122,9 @@ def relearn_curve(subject, train_data, suite: EvalSuite, params: RelearnParams, 
     """
     checkpoints = sorted(set(params.checkpoints))  # each 0..MAX_STEPS (RelearnParams)
     seed_everything(seed)
-    attacked = subject.copy()  # keeps the subject's prompt template and inference interventions
+    # keeps the subject's prompt template and inference interventions; under LoRA it shares the
+    # subject's weights and trains adapters (a subject with adapters: a copy of its own)
+    attacked = subject.copy(lora=lora_settings(params))
     model = attacked.model
     correct: dict[str, list[np.ndarray]] = {k: [] for k in suite.names}
 

@@ -22,11 +22,17 @@ from ..params import (
     MAX_STEPS,
     GradAccumSteps,
     GradientCheckpointing,
+    LoraAlpha,
+    LoraDropout,
+    LoraR,
+    LoraTargets,
     MaxLength,
+    lora_settings,
     train_settings,
     validate_params,
 )
 from ..registry import Registry
+from ..subject.lora import is_peft
 from ..subject.subject import Subject
 from ..training import TrainConfig, seed_everything, shuffled_minibatches, train
 
@@ -77,9 +83,15 @@ class Method:
         ``<subject>+<method>``, changed by :meth:`apply`, with the method's provenance in
         ``info["method"]`` (name, parameters and what ``apply`` returned). Methods implement
         ``apply``, not this."""
-        unlearned = subject.copy(name=f"{subject.name}+{self.name}")
+        if is_peft(subject.model) and self.kind != "guardrail":
+            raise UserInputError(f"{subject.name} carries LoRA adapters; unlearn a merged model instead "
+                                 "(unlearn-audit unlearn ... --merge saves one)")
+        lora = lora_settings(params) if "lora_r" in type(params).model_fields else None
+        unlearned = subject.copy(name=f"{subject.name}+{self.name}", lora=lora)
         details = self.apply(unlearned, subject, target, params) or {}
         unlearned.info = {**unlearned.info, "method": {"name": self.name, "params": params.model_dump(), **details}}
+        if lora is not None:  # where the saved adapters' base is (subject.save writes adapters only)
+            unlearned.info["lora_base"] = subject.path or subject.name
         return unlearned
 
     def apply(self, unlearned: Subject, original: Subject, target, params: MethodParams) -> dict | None:
@@ -101,6 +113,10 @@ class FineTuneParams(MethodParams):
     grad_accum_steps: GradAccumSteps = 1
     gradient_checkpointing: GradientCheckpointing = False
     max_length: MaxLength = 256
+    lora_r: LoraR = 0
+    lora_alpha: LoraAlpha = None
+    lora_dropout: LoraDropout = 0.0
+    lora_targets: LoraTargets = None
 
 
 class RetainParams(FineTuneParams):

@@ -33,6 +33,7 @@ from ..data.encode import encode_texts
 from ..errors import UserInputError
 from ..metrics.likelihood import forward
 from ..params import MAX_STEPS
+from ..subject.lora import adapter_parameters, is_peft
 from ..subject.sites import Site, module_of, num_layers, run_until, token_means
 from .base import FineTuneMethod, FineTuneParams, register_method
 
@@ -85,7 +86,10 @@ class RMU(FineTuneMethod):
 
     def trainable(self, model, params):
         layer = self.resolved_layer(model, params)
-        return [module_of(model, Site("mlp_coefficients", i)).weight for i in range(max(0, layer - 2), layer + 1)]
+        band = range(max(0, layer - 2), layer + 1)
+        if is_peft(model):  # under LoRA: the adapters of the same three layers' down projections
+            return [p for i in band for p in adapter_parameters(model, module_of(model, Site("mlp_coefficients", i)))]
+        return [module_of(model, Site("mlp_coefficients", i)).weight for i in band]
 
     def setup(self, subject, target, params):
         layer = self.resolved_layer(subject.model, params)
@@ -93,7 +97,7 @@ class RMU(FineTuneMethod):
         if coeff is None:
             texts = target.forget_text or [f"{q.question} {q.answer}" for q in target.all_forget_qa]
             site = Site("resid_post", layer)
-            norm = token_means(subject.model, encode_texts(subject.tokenizer, texts), [site],
+            norm = token_means(subject.model, encode_texts(subject.tokenizer, texts, params.max_length), [site],
                                lambda h: h.norm(dim=-1, keepdim=True))[site]
             coeff = params.coeff_scale * float(norm)
         gen = torch.Generator().manual_seed(params.seed)

@@ -39,6 +39,7 @@ import torch
 
 from ..errors import UserInputError
 from ..metrics.likelihood import eval_mode, forward
+from .lora import base_model
 
 ACTIVATION_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out", "mlp_coefficients")
 WEIGHT_KINDS = ("mlp_value_vectors",)
@@ -104,6 +105,7 @@ _FALLBACK_DOWN = ("down_proj", "c_proj", "dense_4h_to_h", "fc2", "fc_out", "w2",
 
 
 def _get(obj, path: str):
+    obj = base_model(obj)  # a PEFT wrapper's paths are its base model's
     for part in path.split("."):
         obj = getattr(obj, part)
     return obj
@@ -120,6 +122,7 @@ def _fallback(model) -> Architecture | None:
     """Find the decoder layers as the longest ModuleList of identical blocks, then the parts
     by common names."""
     best = None
+    model = base_model(model)
     for name, mod in model.named_modules():
         if isinstance(mod, torch.nn.ModuleList) and len(mod) > 0 and (best is None or len(mod) > len(best[1])):
             if len({type(m) for m in mod}) == 1:
@@ -191,7 +194,10 @@ def value_vectors(model, layer: int) -> torch.Tensor:
     vector. A view: writing into it edits the model (GPT-2's Conv1D stores (in, out) already;
     ``nn.Linear`` stores (out, in), so it is transposed)."""
     arch = architecture(model)
-    weight = _get(_layer(model, arch, layer), arch.down).weight
+    down = _get(_layer(model, arch, layer), arch.down)
+    weight = down.weight
+    if hasattr(down, "get_delta_weight"):  # a LoRA layer: its weight is base + adapters (a copy, not a view)
+        weight = weight + sum(down.get_delta_weight(a) for a in down.active_adapters if a in down.lora_A)
     return weight if arch.conv1d else weight.T
 
 

@@ -28,6 +28,7 @@ from ..files import (
     replace_dir,
     usual_permissions,
 )
+from .lora import LoraSettings, copy_adapters, is_peft, merged, require_peft, with_lora
 
 INFO_FILE = "unlearn_audit.json"
 INTERVENTIONS_FILE = "interventions.safetensors"
@@ -83,12 +84,21 @@ class Subject:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def copy(self, name: str | None = None) -> Subject:
+    def copy(self, name: str | None = None, lora: LoraSettings | None = None) -> Subject:
         """An independent copy of the weights with the same interventions attached (the
-        tokenizer and the interventions' tensors are shared; neither is ever mutated)."""
+        tokenizer and the interventions' tensors are shared; neither is ever mutated).
+
+        With ``lora``, a LoRA copy instead: the weights shared and frozen, new adapters to
+        train (``subject/lora.py``). A subject that carries adapters is copied as its adapters,
+        its frozen base shared."""
         self._detach()  # deep-copying a model copies its hooks too; copy it bare, then re-attach
         try:
-            model = copy.deepcopy(self.model)
+            if lora is not None:
+                model = with_lora(self.model, lora)
+            elif is_peft(self.model):
+                model = copy_adapters(self.model)
+            else:
+                model = copy.deepcopy(self.model)
         finally:
             for iv in self.interventions:
                 self._handles += iv.attach(self.model)
@@ -96,10 +106,14 @@ class Subject:
                        copy.deepcopy(self.info), None, [copy.copy(iv) for iv in self.interventions],
                        system_prompt=self.system_prompt)
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, merge: bool = False) -> Path:
         """Save as safetensors + tokenizer + ``unlearn_audit.json``, atomically: written into a
         temporary sibling, then renamed into place. ``path`` must be new, empty, or a model
-        directory this tool wrote that holds nothing else (it is replaced whole)."""
+        directory this tool wrote that holds nothing else (it is replaced whole).
+
+        A subject with LoRA adapters saves the adapters only (PEFT's ``adapter_model.safetensors``;
+        loading finds the base where ``info["lora_base"]`` says), or with ``merge`` a whole model
+        with the adapters merged into its weights."""
         _quiet_transformers()
         path = prepare_output_dir(path, "model", flag="model directory", create=False)
         if path.is_dir() and (extra := foreign_files(path)):
@@ -108,11 +122,13 @@ class Subject:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         try:
-            self.model.save_pretrained(tmp, safe_serialization=True)
+            model = merged(self.model) if merge else self.model
+            info = self.info if not (merge and is_peft(self.model)) else {**self.info, "lora_merged": True}
+            model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             (tmp / INFO_FILE).write_text(json.dumps({
                 "name": self.name, "prompt_template": self.prompt_template, "system_prompt": self.system_prompt,
-                "answer_eos": self.answer_eos, "info": self.info,
+                "answer_eos": self.answer_eos, "info": info,
                 "interventions": [{"kind": iv.kind, "config": iv.config()} for iv in self.interventions],
             }, indent=2) + "\n")
             if self.interventions:
@@ -231,11 +247,24 @@ def load_pretrained(name_or_path: str | os.PathLike, *, device: str | torch.devi
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
     source = str(path) if local else spec
+    meta = _read_info(path) if local else {}
+    adapter = local and (path / "adapter_config.json").is_file()
+    base = (meta.get("info") or {}).get("lora_base") if adapter else None
+    if adapter and not base:
+        raise UserInputError(f"{spec}: an adapter directory without the base model's location "
+                             "(info.lora_base in unlearn_audit.json); save it again with --merge")
+    peft = require_peft() if adapter else None
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, **by_revision)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
-            **by_revision, **(model_args or {}))
+        if adapter:  # LoRA adapters saved by this tool: the base they were trained on, then them
+            model = AutoModelForCausalLM.from_pretrained(
+                base, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
+                **(model_args or {}))
+            model = peft.PeftModel.from_pretrained(model, source)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
+                **by_revision, **(model_args or {}))
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError, TypeError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         where = "directory" if local else "name (not a local directory, and the hub is unreachable or has no such model)"
@@ -245,7 +274,6 @@ def load_pretrained(name_or_path: str | os.PathLike, *, device: str | torch.devi
     model.to(dev).eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    meta = _read_info(path) if local else {}
     default = CHAT if getattr(tokenizer, "chat_template", None) else DEFAULT_PROMPT_TEMPLATE
     template = prompt_template if prompt_template is not None else meta.get("prompt_template", default)
     check_prompt_template(template, f"model {spec!r}", tokenizer)

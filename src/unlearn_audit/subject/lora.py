@@ -1,0 +1,91 @@
+"""LoRA adapters (Hu et al. 2022, "LoRA: Low-Rank Adaptation of Large Language Models") through
+PEFT, the optional ``peft`` extra: ``pip install 'unlearn-audit[peft]'``.
+
+A LoRA copy of a model shares the model's weights (the same storage, frozen) and adds adapters:
+``W x + (alpha / r) B A x`` at every targeted linear layer, ``B`` zero at the start, so the copy
+computes exactly what the model does until it is trained. Only the adapters train, so a
+fine-tuning method or a relearning attack holds one model's weights plus adapters, their
+gradients and their optimiser state. Copying a model that carries adapters copies the adapters
+and shares the frozen base the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import UserInputError
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """What a method's or an attack's ``lora_*`` parameters ask for (see ``params.lora_settings``)."""
+
+    r: int
+    alpha: float
+    dropout: float = 0.0
+    targets: str | tuple[str, ...] = "all-linear"
+
+
+def is_peft(model) -> bool:
+    """Whether ``model`` is a PEFT wrapper (``PeftModel``) around a base model."""
+    return hasattr(model, "peft_config") and callable(getattr(model, "get_base_model", None))
+
+
+def base_model(model):
+    """The Hugging Face model inside a PEFT wrapper, with the adapters in its modules (hooks
+    and module paths resolve on it); any other model as it is."""
+    return model.get_base_model() if is_peft(model) else model
+
+
+def require_peft():
+    try:
+        import peft
+    except ImportError:
+        raise UserInputError("LoRA (lora_r > 0, or a model with adapters) needs PEFT: "
+                             "pip install 'unlearn-audit[peft]'") from None
+    return peft
+
+
+def copy_sharing(model: torch.nn.Module, shared: Callable[[torch.nn.Parameter], bool]) -> torch.nn.Module:
+    """A deep copy of ``model`` whose parameters for which ``shared(p)`` holds use the same
+    storage as the model's (new Parameter objects, so ``requires_grad`` stays each one's own)."""
+    memo = {id(p): torch.nn.Parameter(p.data, requires_grad=p.requires_grad)
+            for p in model.parameters() if shared(p)}
+    return copy.deepcopy(model, memo)
+
+
+def copy_adapters(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of a PEFT model: its trainable adapters copied, its frozen base shared."""
+    return copy_sharing(model, lambda p: not p.requires_grad)
+
+
+def with_lora(model: torch.nn.Module, settings: LoraSettings) -> torch.nn.Module:
+    """A LoRA copy of ``model``: its weights shared and frozen, new adapters to train. A model
+    that has adapters already gets a copy of them (trained further), not a second set."""
+    peft = require_peft()
+    if is_peft(model):
+        return copy_adapters(model)
+    targets = settings.targets if isinstance(settings.targets, str) else list(settings.targets)
+    config = peft.LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                             target_modules=targets, bias="none", task_type="CAUSAL_LM")
+    try:
+        with warnings.catch_warnings():  # PEFT calls a transformers API that transformers 5 deprecates
+            warnings.simplefilter("ignore", FutureWarning)
+            return peft.get_peft_model(copy_sharing(model, lambda p: True), config)
+    except ValueError as e:  # no module matches the targets
+        raise UserInputError(f"lora_targets {settings.targets!r}: {str(e).splitlines()[0]}") from None
+
+
+def merged(model: torch.nn.Module) -> torch.nn.Module:
+    """A PEFT model's adapters merged into a copy of its base (the shared base is untouched)."""
+    return copy.deepcopy(model).merge_and_unload() if is_peft(model) else model
+
+
+def adapter_parameters(model: torch.nn.Module, module: torch.nn.Module | None = None) -> list[torch.nn.Parameter]:
+    """The trainable adapter parameters of ``model`` (of one of its modules when given)."""
+    return [p for n, p in (module or model).named_parameters() if "lora_" in n and p.requires_grad]
