@@ -23,6 +23,7 @@ BENCHES = {
     "patching": [str(HERE / "bench_patching.py")],
     "demo": [str(HERE / "bench_demo.py")],
     "memory": [str(HERE / "bench_memory.py")],
+    "memory-lora": [str(HERE / "bench_memory.py"), "--lora", "8"],
     "precision": [str(HERE / "bench_precision.py")],
 }
 
