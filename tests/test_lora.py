@@ -147,3 +147,20 @@ def test_sites_and_the_logit_lens_resolve_through_the_peft_wrapper(family_subjec
     # the value vectors of a LoRA down projection include the adapters' update
     delta = value_vectors(u.model, 1) - value_vectors(s.model, 1)
     assert float(delta.detach().abs().max()) > 0
+
+
+def test_weight_attacks_measure_a_lora_subject_merged_and_leave_the_shared_base(micro, micro_target):
+    from unlearn_audit.attacks import get_attack
+
+    s = micro[0]  # the trained organism: its accuracies are not all zero, so they can differ
+    u = unlearn(s, micro_target, "gradient_ascent", steps=3, lr=3e-3, lora_r=4)
+    before = _weights(s.model)
+    measured = {}
+    for name, params in (("quantize", {"bits": [8]}), ("weight_distance", {"alphas": [0.0, 1.0]})):
+        attack = get_attack(name)
+        p = attack.params(params)
+        setup = attack.setup(s, micro_target, p)
+        measured[name] = attack._measure(u, setup, p, "unlearned")
+        assert measured[name] == attack.measure(u.copy(merge=True), setup, p, "unlearned")
+        assert all(torch.equal(q, before[n]) for n, q in s.model.named_parameters())
+    assert measured["weight_distance"]["l2"] > 0   # the adapters' update, seen through the merged weights

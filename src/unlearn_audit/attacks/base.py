@@ -26,6 +26,7 @@ from ..errors import UserInputError
 from ..params import MAX_SEED, validate_params
 from ..registry import Registry
 from ..results.schema import AttackDeclaration
+from ..subject.lora import is_peft
 
 
 class AttackParams(BaseModel):
@@ -51,6 +52,14 @@ class Attack:
     Params: type[AttackParams] = AttackParams
     summary: str = ""
     declaration = AttackDeclaration()
+    # the attack reads or edits weights one by one: a subject with LoRA adapters is measured as
+    # a copy with the adapters merged in (one model's memory more while it is measured)
+    merged_weights: bool = False
+
+    def _measure(self, subject, setup: Any, params, role: str) -> dict | None:
+        if self.merged_weights and is_peft(subject.model):
+            subject = subject.copy(merge=True)
+        return self.measure(subject, setup, params, role)
 
     def params(self, values: Mapping[str, Any] | None = None) -> AttackParams:
         return validate_params(self.Params, values, f"attack {self.name!r}")
@@ -77,7 +86,7 @@ class Attack:
         setup = self.setup(original, target, params) if setup is None else setup
         out = {}
         for role, subject in (("original", original), ("oracle", oracle)):
-            if subject is not None and (m := self.measure(subject, setup, params, role)) is not None:
+            if subject is not None and (m := self._measure(subject, setup, params, role)) is not None:
                 out[role] = m
         return out
 
@@ -91,7 +100,7 @@ class Attack:
         base = {k: v for k, v in references.items() if k == "original" or oracle is not None}
         results = {}
         for name, subject in unlearned.items():  # one at a time: only its measurement is kept
-            results[name] = self.score(self.measure(subject, setup, params, "unlearned"), base.get("original"),
+            results[name] = self.score(self._measure(subject, setup, params, "unlearned"), base.get("original"),
                                        base.get("oracle"), setup, params, name)
         return {"methods": results, "baselines": self.baselines(base, setup, params)}
 

@@ -118,6 +118,7 @@ def _accuracies(subject, suite: EvalSuite, bits: list[int], group_size: int) -> 
 class Quantize(Attack):
     name = "quantize"
     Params = QuantizeParams
+    merged_weights = True  # weights one by one: a LoRA subject's merged weights
     summary = "round-to-nearest int8/int4 quantization of the weights (Zhang et al. ICLR 2025)"
 
     def setup(self, original, target, params: QuantizeParams, references=None) -> dict:

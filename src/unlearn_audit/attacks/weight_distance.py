@@ -121,6 +121,7 @@ class WeightDistance(Attack):
 
     name = "weight_distance"
     Params = WeightDistanceParams
+    merged_weights = True  # weights one by one: a LoRA subject's merged weights
     summary = "per-layer weight change vs the original and the loss along the straight line between them"
     # its "layers" is a mapping of parameter groups, not an axis; the loss is a series over alpha
     declaration = AttackDeclaration(headline="relative_change", fallback=None, label="rel. Δw",

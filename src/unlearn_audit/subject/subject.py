@@ -84,19 +84,19 @@ class Subject:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def copy(self, name: str | None = None, lora: LoraSettings | None = None) -> Subject:
+    def copy(self, name: str | None = None, lora: LoraSettings | None = None, merge: bool = False) -> Subject:
         """An independent copy of the weights with the same interventions attached (the
         tokenizer and the interventions' tensors are shared; neither is ever mutated).
 
         With ``lora``, a LoRA copy instead: the weights shared and frozen, new adapters to
         train (``subject/lora.py``). A subject that carries adapters is copied as its adapters,
-        its frozen base shared."""
+        its frozen base shared; with ``merge``, as a whole model with the adapters merged in."""
         self._detach()  # deep-copying a model copies its hooks too; copy it bare, then re-attach
         try:
             if lora is not None:
                 model = with_lora(self.model, lora)
             elif is_peft(self.model):
-                model = copy_adapters(self.model)
+                model = merged(self.model) if merge else copy_adapters(self.model)
             else:
                 model = copy.deepcopy(self.model)
         finally:
