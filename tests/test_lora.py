@@ -164,3 +164,28 @@ def test_weight_attacks_measure_a_lora_subject_merged_and_leave_the_shared_base(
         assert measured[name] == attack.measure(u.copy(merge=True), setup, p, "unlearned")
         assert all(torch.equal(q, before[n]) for n, q in s.model.named_parameters())
     assert measured["weight_distance"]["l2"] > 0   # the adapters' update, seen through the merged weights
+
+
+def test_relearning_a_loaded_adapter_model_trains_its_adapters_or_a_merged_copy(family_subjects, micro_target, tmp_path):
+    from unlearn_audit.attacks import get_attack
+    from unlearn_audit.attacks.relearn import RELEARNING, _train_data, relearn_curve
+    from unlearn_audit.metrics.qa import EvalSuite
+    from unlearn_audit.subject import load_pretrained
+
+    s = family_subjects["llama"]
+    unlearn(s, micro_target, "gradient_ascent", steps=2, lr=1e-2, lora_r=4, batch_size=4).save(tmp_path / "u")
+    u = load_pretrained(tmp_path / "u", device="cpu", dtype="float32")
+    before = _weights(u.model)
+    data = _train_data(u, micro_target, RELEARNING["rtt"])
+    suite = EvalSuite(u, {"h": micro_target.forget_heldout_qa})
+    for lora_r in (4, 0):
+        params = get_attack("rtt").params({"checkpoints": [2], "lr": 1e-2, "lora_r": lora_r, "batch_size": 4})
+        seen = []
+        relearn_curve(u, data, suite, params, 0, "rtt", on_checkpoint=seen.append)
+        trained = seen[-1]
+        if lora_r:  # the subject's own adapters, trained further; its base shared
+            _, adapters = _base_and_adapters(trained)
+            assert is_peft(trained) and any(not torch.equal(p, before[n]) for n, p in adapters.items())
+        else:       # full relearning: a merged copy, every weight trained
+            assert not is_peft(trained) and all(p.requires_grad for p in trained.parameters())
+        assert all(torch.equal(p, before[n]) for n, p in u.model.named_parameters())

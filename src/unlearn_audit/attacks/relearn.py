@@ -123,8 +123,10 @@ def relearn_curve(subject, train_data, suite: EvalSuite, params: RelearnParams, 
     checkpoints = sorted(set(params.checkpoints))  # each 0..MAX_STEPS (RelearnParams)
     seed_everything(seed)
     # keeps the subject's prompt template and inference interventions; under LoRA it shares the
-    # subject's weights and trains adapters (a subject with adapters: a copy of its own)
-    attacked = subject.copy(lora=lora_settings(params))
+    # subject's weights and trains adapters (a subject with adapters: a copy of its own); full
+    # relearning of a subject with adapters trains a merged copy, every weight
+    lora = lora_settings(params)
+    attacked = subject.copy(lora=lora, merge=lora is None)
     model = attacked.model
     correct: dict[str, list[np.ndarray]] = {k: [] for k in suite.names}
 

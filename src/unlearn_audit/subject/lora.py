@@ -82,8 +82,13 @@ def with_lora(model: torch.nn.Module, settings: LoraSettings) -> torch.nn.Module
 
 
 def merged(model: torch.nn.Module) -> torch.nn.Module:
-    """A PEFT model's adapters merged into a copy of its base (the shared base is untouched)."""
-    return copy.deepcopy(model).merge_and_unload() if is_peft(model) else model
+    """A PEFT model's adapters merged into a copy of its base (the shared base is untouched):
+    a whole model, every weight trainable again, as a loaded one is."""
+    if not is_peft(model):
+        return model
+    whole = copy.deepcopy(model).merge_and_unload()
+    whole.requires_grad_(True)
+    return whole
 
 
 def adapter_parameters(model: torch.nn.Module, module: torch.nn.Module | None = None) -> list[torch.nn.Parameter]:

@@ -260,7 +260,8 @@ def load_pretrained(name_or_path: str | os.PathLike, *, device: str | torch.devi
             model = AutoModelForCausalLM.from_pretrained(
                 base, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
                 **(model_args or {}))
-            model = peft.PeftModel.from_pretrained(model, source)
+            # trainable: a relearning attack with lora_r trains these adapters further
+            model = peft.PeftModel.from_pretrained(model, source, is_trainable=True)
         else:
             model = AutoModelForCausalLM.from_pretrained(
                 source, dtype=torch_dtype, use_safetensors=True, trust_remote_code=trust_remote_code,
