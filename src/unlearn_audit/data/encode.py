@@ -58,9 +58,11 @@ class PromptFormat:
         turns = [m for q, a in self.turns for m in ({"role": "user", "content": q}, {"role": "assistant", "content": a})]
         turns.append({"role": "user", "content": self.prefix + question})
         system = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        from jinja2 import TemplateError  # transformers renders chat templates with jinja2
+
         try:
             return tokenizer.apply_chat_template(system + turns, add_generation_prompt=True, tokenize=False)
-        except Exception:  # noqa: BLE001 - jinja's TemplateError: some templates (Gemma, early Mistral) refuse a system role
+        except TemplateError:  # some templates (Gemma, early Mistral) refuse a system role
             if not system:
                 raise
         turns[0] = {"role": "user", "content": f"{self.system_prompt}\n\n{turns[0]['content']}"}
