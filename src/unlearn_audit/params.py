@@ -8,6 +8,7 @@ at validation: before any model is loaded, and in an experiment file before anyt
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, ValidationError
@@ -38,12 +39,20 @@ LoraTargets = Annotated[list[str] | None, Field(description="Module names that g
                                                 "(default: every linear layer but the output head).")]
 
 
-def lora_settings(params: BaseModel):
+@dataclass(frozen=True)
+class LoraSettings:
+    """What a method's or an attack's ``lora_*`` parameters ask for (used by ``subject/lora.py``)."""
+
+    r: int
+    alpha: float
+    dropout: float = 0.0
+    targets: str | tuple[str, ...] = "all-linear"
+
+
+def lora_settings(params: BaseModel) -> LoraSettings | None:
     """The ``LoraSettings`` of a Params object's ``lora_*`` fields, or None for full fine-tuning."""
     if not params.lora_r:
         return None
-    from .subject.lora import LoraSettings
-
     return LoraSettings(params.lora_r, params.lora_alpha or 2.0 * params.lora_r, params.lora_dropout,
                         tuple(params.lora_targets) if params.lora_targets else "all-linear")
 

@@ -14,21 +14,14 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
 from ..errors import UserInputError
+from ..params import LoraSettings
 
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """What a method's or an attack's ``lora_*`` parameters ask for (see ``params.lora_settings``)."""
-
-    r: int
-    alpha: float
-    dropout: float = 0.0
-    targets: str | tuple[str, ...] = "all-linear"
+__all__ = ["LoraSettings", "adapter_parameters", "base_model", "copy_adapters", "copy_sharing", "is_peft",
+           "merged", "require_peft", "with_lora"]
 
 
 def is_peft(model) -> bool:
