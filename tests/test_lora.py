@@ -189,3 +189,15 @@ def test_relearning_a_loaded_adapter_model_trains_its_adapters_or_a_merged_copy(
         else:       # full relearning: a merged copy, every weight trained
             assert not is_peft(trained) and all(p.requires_grad for p in trained.parameters())
         assert all(torch.equal(p, before[n]) for n, p in u.model.named_parameters())
+
+
+def test_lora_on_a_bf16_model_trains_float32_adapters_and_leaves_the_bf16_base(family_subjects, micro_target):
+    s = family_subjects["llama"].copy()
+    s.model.to(torch.bfloat16)
+    before = _weights(s.model)
+    u = unlearn(s, micro_target, "npo_gd", steps=2, lr=1e-2, lora_r=4, batch_size=4, gradient_checkpointing=True)
+    base, adapters = _base_and_adapters(u.model)
+    # PEFT keeps adapters in float32 on a bf16 base: nothing for the loop's master weights to do
+    assert {p.dtype for p in adapters.values()} == {torch.float32}
+    assert {p.dtype for p in base.values()} == {torch.bfloat16}
+    _check_only_adapters_moved(s.model, u.model, before)
