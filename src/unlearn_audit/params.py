@@ -50,8 +50,9 @@ class LoraSettings:
 
 
 def lora_settings(params: BaseModel) -> LoraSettings | None:
-    """The ``LoraSettings`` of a Params object's ``lora_*`` fields, or None for full fine-tuning."""
-    if not params.lora_r:
+    """The ``LoraSettings`` of a Params object's ``lora_*`` fields, or None for full fine-tuning
+    (and for parameters that have no LoRA fields: guardrails, edits)."""
+    if not getattr(params, "lora_r", 0):
         return None
     return LoraSettings(params.lora_r, params.lora_alpha or 2.0 * params.lora_r, params.lora_dropout,
                         tuple(params.lora_targets) if params.lora_targets else "all-linear")

@@ -86,7 +86,7 @@ class Method:
         if is_peft(subject.model) and self.kind != "guardrail":
             raise UserInputError(f"{subject.name} carries LoRA adapters; unlearn a merged model instead "
                                  "(unlearn-audit unlearn ... --merge saves one)")
-        lora = lora_settings(params) if "lora_r" in type(params).model_fields else None
+        lora = lora_settings(params)
         unlearned = subject.copy(name=f"{subject.name}+{self.name}", lora=lora)
         details = self.apply(unlearned, subject, target, params) or {}
         unlearned.info = {**unlearned.info, "method": {"name": self.name, "params": params.model_dump(), **details}}

@@ -147,23 +147,19 @@ def train(
                     if k > 1:
                         loss = loss / k
                         micro /= k
-                    (scaler.scale(loss) if scaler is not None else loss).backward()
+                    scaler.scale(loss).backward()
                     value += micro
                 masters.take_grads()
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
+                scaler.unscale_(optimizer)
                 if config.max_grad_norm is not None:
                     norm = torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                     # under float16 an overflow is the scaler's to handle: the step is skipped
-                    if not torch.isfinite(norm) and scaler is None:
+                    if not torch.isfinite(norm) and not scaler.is_enabled():
                         raise TrainingDiverged(
                             f"{description}: gradient norm became {float(norm)} at step {step + 1} "
                             f"(lr={config.lr:g}); lower the learning rate", log.losses)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 masters.copy_back()
                 scheduler.step()
                 faults.point("step")
@@ -200,10 +196,11 @@ class MasterWeights:
         by_id = {id(p): m for p, m in self.pairs}
         self.optimised = [by_id.get(id(p), p) for p in params]
 
-    def scaler(self) -> torch.amp.GradScaler | None:
-        """A loss scaler when any parameter is float16 (bf16 has float32's range: none needed)."""
+    def scaler(self) -> torch.amp.GradScaler:
+        """A loss scaler, enabled when any parameter is float16 (bf16 has float32's range); a
+        disabled one passes the loss and the step through unchanged."""
         fp16 = [p for p, _ in self.pairs if p.dtype == torch.float16]
-        return torch.amp.GradScaler(fp16[0].device.type) if fp16 else None
+        return torch.amp.GradScaler(fp16[0].device.type if fp16 else "cpu", enabled=bool(fp16))
 
     def take_grads(self) -> None:
         for p, m in self.pairs:
