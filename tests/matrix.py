@@ -29,3 +29,10 @@ def without_timings(results):
 def write_experiment(path, out, **changes):
     path.write_text(yaml.safe_dump({**MATRIX, **changes, "out": str(out)}, sort_keys=False))
     return path
+
+
+def finished_cells(out):
+    """The cell files in place under run directory ``out``. A dot name is a write in progress
+    (pathlib's glob, unlike the shell's, matches those): a test that kills the run the moment a
+    cell file appears must not take one of these for a finished cell."""
+    return [p for p in (out / "cells").glob("*.json") if not p.name.startswith(".")]

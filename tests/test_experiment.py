@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from matrix import MATRIX, SETTINGS, without_timings, write_experiment  # noqa: E402
+from matrix import MATRIX, SETTINGS, finished_cells, without_timings, write_experiment  # noqa: E402
 from test_cli import run_cli
 
 from unlearn_audit.errors import UserInputError
@@ -106,19 +106,19 @@ def test_killed_run_resumes_only_the_unfinished_cells(reference, env, tmp_path):
     cmd = [sys.executable, "-m", "unlearn_audit.cli", "run", str(path), "--no-report"]
     proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
-    while not list((out / "cells").glob("*.json")) and proc.poll() is None and time.time() < deadline:
+    while not finished_cells(out) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)  # no cleanup of any kind
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL, stderr.decode()
-    finished = {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")}
+    finished = {p.name: p.read_bytes() for p in finished_cells(out)}
     assert 1 <= len(finished) < len(SETTINGS) and not (out / "results.json").exists()
 
     r = run_cli("run", str(path), "--no-report", "--json", env=env)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert len(doc["reused"]) == len(finished) and doc["reused"] + doc["computed"] == SETTINGS
-    assert {p.name: p.read_bytes() for p in (out / "cells").glob("*.json") if p.name in finished} == finished
+    assert {p.name: p.read_bytes() for p in finished_cells(out) if p.name in finished} == finished
     resumed = json.loads((out / "results.json").read_text())
     uninterrupted = json.loads((reference[0] / "results.json").read_text())
     assert without_timings(resumed) == without_timings(uninterrupted)

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from matrix import SETTINGS, without_timings, write_experiment
+from matrix import SETTINGS, finished_cells, without_timings, write_experiment
 from test_cli import run_cli
 
 
@@ -57,7 +57,7 @@ def test_ctrl_c_prints_one_line_and_the_run_resumes(matrix_reference, env, tmp_p
     cmd = [sys.executable, "-m", "unlearn_audit.cli", "run", str(path), "--no-report"]
     proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
-    while not list((out / "cells").glob("*.json")) and proc.poll() is None and time.time() < deadline:
+    while not finished_cells(out) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
