@@ -8,12 +8,14 @@ rest. Methods register by name with :func:`register_method`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from itertools import islice
 from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from .. import progress
 from ..data.encode import concat_batches, encode_qa, encode_texts
 from ..errors import UserInputError
 from ..metrics.likelihood import IGNORE, forward_logits, sequence_logprob
@@ -32,7 +34,9 @@ from ..params import (
     validate_params,
 )
 from ..registry import Registry
+from ..subject import residency
 from ..subject.lora import is_peft
+from ..subject.residency import resident
 from ..subject.subject import Subject
 from ..training import TrainConfig, seed_everything, shuffled_minibatches, train
 
@@ -129,8 +133,11 @@ class FineTuneMethod(Method):
     Subclasses set ``uses_retain`` (a retain batch is drawn each step only when True) and
     ``needs_reference_logprobs`` (the frozen original's sequence log-probs of every forget
     example are computed once, before training, and ride along in each batch as
-    ``ref_logprob``). A retain-side reference (KL) is computed per batch from the frozen
-    original, which the caller keeps anyway: no second copy of the model is made.
+    ``ref_logprob``). What else a loss needs of the frozen original on a batch (KL's retain
+    logits, RMU's frozen activations) comes from :meth:`reference_outputs`, computed for every
+    batch the run will draw before its first step. So the original is not used while its copy
+    trains: it is off the device for the whole run (``subject/residency.py``), and no second
+    copy of the model is ever made.
     """
 
     kind = "finetune"
@@ -143,6 +150,13 @@ class FineTuneMethod(Method):
 
     def setup(self, subject: Subject, target, params) -> None:
         """Per-run state the loss needs beyond the batches (RMU's random target vector)."""
+
+    def reference_outputs(self, reference, batch: dict, params) -> dict[str, dict[str, torch.Tensor]] | None:
+        """What the frozen ``reference`` computes on one training batch for the loss, as
+        ``{part: {key: tensor}}`` merged into ``batch[part]`` (e.g. ``{"retain": {"ref_logits":
+        ...}}``); None (the default): nothing. The loss must compute the same thing live when
+        the key is absent (tests compare the two)."""
+        return None
 
     def trainable(self, model, params) -> list[torch.nn.Parameter] | None:
         """The parameters to update (None: all of them); RMU updates a few layers only."""
@@ -207,11 +221,42 @@ class FineTuneMethod(Method):
         config = TrainConfig(steps=params.steps, lr=params.lr, weight_decay=params.weight_decay,
                              warmup_steps=params.warmup_steps, schedule=params.schedule,
                              max_grad_norm=params.max_grad_norm, seed=params.seed, **train_settings(params))
-        log = train(model, lambda b: self.loss(model, b, reference, params),
-                    self.batches(subject, target, params), config, parameters=self.trainable(model, params),
-                    description=f"unlearning: {self.name}")
+        batches = self.batches(subject, target, params)
+        if type(self).reference_outputs is not FineTuneMethod.reference_outputs:
+            batches = with_reference_outputs(batches, params.steps * params.grad_accum_steps,
+                                             lambda b: self.reference_outputs(reference, b, params))
+        with resident(model):  # the original (and every other model) off the device while this trains
+            log = train(model, lambda b: self.loss(model, b, reference, params), batches, config,
+                        parameters=self.trainable(model, params), description=f"unlearning: {self.name}")
         model.eval()
         return {"final_loss": log.losses[-1] if log.losses else None}
+
+
+def with_reference_outputs(batches: Iterator[dict], n: int,
+                           compute: Callable[[dict], dict[str, dict[str, torch.Tensor]] | None]) -> Iterator[dict]:
+    """The first ``n`` of ``batches`` (all a run of that many micro-batches draws), each with
+    ``compute(batch)`` merged in; every ``compute`` runs now, before the first batch is handed
+    out. The outputs wait where offloaded weights go (host memory, or a temporary file under
+    ``UNLEARN_AUDIT_OFFLOAD=disk``: ``subject/residency.py``) and come back to the batch's
+    device one batch at a time."""
+    planned, stored = [], []
+    with progress.bar("reference passes", n) as bar:
+        for batch in islice(batches, n):
+            with torch.no_grad():
+                out = compute(batch) or {}
+            stored.append(residency.park({f"{part}/{k}": t for part, d in out.items() for k, t in d.items()}))
+            planned.append(batch)
+            bar.advance()
+
+    def handed_out():
+        for batch, parked in zip(planned, stored, strict=True):
+            merged = dict(batch)
+            for name, t in residency.unpark(parked).items():
+                part, key = name.split("/", 1)
+                merged[part] = {**merged[part], key: t}
+            yield merged
+
+    return handed_out()
 
 
 @torch.no_grad()
@@ -243,20 +288,27 @@ def retain_kl(model, reference, batch: dict, positions: str = "all") -> torch.Te
     labelled token only (what this project did before; independent of padding and of the
     prompt's length).
     """
+    logits = forward_logits(model, batch)
+    if "ref_logits" in batch:  # precomputed (reference_logits, before training)
+        ref_logits = batch["ref_logits"].to(logits.device)
+    else:
+        ref_logits = reference_logits(reference, batch)
     if positions == "all":
-        logits = forward_logits(model, batch)
-        with torch.no_grad():
-            ref_logits = forward_logits(reference, batch).float()
         logp = torch.log_softmax(logits.float(), -1).flatten(0, 1)                  # (B*T, V)
-        ref_logp = torch.log_softmax(ref_logits, -1).flatten(0, 1)
+        ref_logp = torch.log_softmax(ref_logits.float(), -1).flatten(0, 1)
         return torch.nn.functional.kl_div(logp, ref_logp, log_target=True, reduction="batchmean")
-    logits = forward_logits(model, batch)[:, :-1]
     mask = batch["labels"][:, 1:] != IGNORE
-    with torch.no_grad():
-        ref_logits = forward_logits(reference, batch)[:, :-1][mask].float()
+    logits, ref_logits = logits[:, :-1], ref_logits[:, :-1][mask].float()
     logp = torch.log_softmax(logits[mask].float(), -1)
     ref_logp = torch.log_softmax(ref_logits, -1)
     return torch.nn.functional.kl_div(logp, ref_logp, log_target=True, reduction="batchmean")
+
+
+@torch.no_grad()
+def reference_logits(reference, batch: dict) -> torch.Tensor:
+    """``(B, T, V)`` logits of the frozen ``reference`` on ``batch``, in its dtype: what
+    :func:`retain_kl` compares against, live or precomputed as ``batch["ref_logits"]``."""
+    return forward_logits(reference, batch)
 
 
 def npo_loss(logprob: torch.Tensor, ref_logprob: torch.Tensor, beta: float) -> torch.Tensor:

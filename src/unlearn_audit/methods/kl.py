@@ -8,8 +8,9 @@ over every position t of the retain batch (B rows of T tokens, pads included), a
 ``dataloader.py`` and open-unlearning's ``compute_kl_divergence`` compute it;
 ``kl_positions=answer`` averages over the labelled (answer) positions only instead.
 
-The reference is the frozen original model (the caller holds it anyway), evaluated without
-gradients on each retain batch: no second copy. Defaults from a sweep on the organism.
+The reference is the frozen original model: its logits on every retain batch the run draws are
+computed before the first step (``FineTuneMethod.reference_outputs``), so it is off the device
+while its copy trains, and no second copy is made. Defaults from a sweep on the organism.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Literal
 from pydantic import Field
 
 from ..params import MAX_STEPS
-from .base import FineTuneMethod, RetainParams, nll, register_method, retain_kl
+from .base import FineTuneMethod, RetainParams, nll, reference_logits, register_method, retain_kl
 
 
 class KLParams(RetainParams):
@@ -37,6 +38,9 @@ class KLParams(RetainParams):
 class KLMinimisation(FineTuneMethod):
     Params = KLParams
     uses_retain = True
+
+    def reference_outputs(self, reference, batch, params):
+        return {"retain": {"ref_logits": reference_logits(reference, batch["retain"])}}
 
     def loss(self, model, batch, reference, params):
         return -nll(model, batch["forget"]) + params.retain_weight * retain_kl(model, reference, batch["retain"],

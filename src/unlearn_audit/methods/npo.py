@@ -32,6 +32,7 @@ from .base import (
     RetainParams,
     nll,
     npo_loss,
+    reference_logits,
     register_method,
     retain_kl,
 )
@@ -88,6 +89,9 @@ class NPOKL(FineTuneMethod):
     Params = NPOKLParams
     needs_reference_logprobs = True
     uses_retain = True
+
+    def reference_outputs(self, reference, batch, params):
+        return {"retain": {"ref_logits": reference_logits(reference, batch["retain"])}}
 
     def loss(self, model, batch, reference, params):
         return _npo_term(model, batch, params) + params.retain_weight * retain_kl(model, reference, batch["retain"],

@@ -11,8 +11,9 @@ retain activations are held at the frozen model's:
 averages over the real tokens only, as open-unlearning's ``rmu.py`` nearly does (it masks by
 labels and averages per row first). h_L is the residual stream leaving layer L; u is a unit
 vector drawn uniformly from [0, 1)^d and normalised, fixed for the run). Only the MLP down
-projections of layers L-2..L are updated. The frozen model is the subject itself, evaluated
-without gradients on each retain batch: no second copy.
+projections of layers L-2..L are updated. The frozen model is the subject itself: its
+h_L on every retain batch the run draws is computed before the first step, so it is off the
+device while its copy trains, and no second copy is made.
 
 Paper (Zephyr-7B): L = 7 of 32, c = 6.5, alpha = 1200, lr 5e-5, batch 4, ~150 steps, forget and
 retain *texts*. Scaling for other models: L defaults to the same relative depth (7/32 of the
@@ -108,13 +109,19 @@ class RMU(FineTuneMethod):
         details = super().apply(unlearned, subject, target, params)
         return {**details, "layer": self._setup["layer"], "steering_coeff": float(self._setup["coeff"])}
 
+    def reference_outputs(self, reference, batch, params):
+        return {"retain": {"ref_hidden": _layer_output(reference, self._setup["layer"], batch["retain"])}}
+
     def loss(self, model, batch, reference, params):
         layer, target = self._setup["layer"], self._setup["target"]
         forget, retain = batch["forget"], batch["retain"]
         h_f = _layer_output(model, layer, forget)
         h_r = _layer_output(model, layer, retain)
-        with torch.no_grad():
-            h_frozen = _layer_output(reference, layer, retain)
+        if "ref_hidden" in retain:  # precomputed before training (reference_outputs)
+            h_frozen = retain["ref_hidden"].to(h_r.device)
+        else:
+            with torch.no_grad():
+                h_frozen = _layer_output(reference, layer, retain)
         real = params.average_over == "real"
         return rmu_loss(h_f, target.to(h_f.device, h_f.dtype), h_r, h_frozen,
                         forget["attention_mask"].bool() if real else None,

@@ -34,6 +34,7 @@ from ..data.encode import encode_texts
 from ..errors import UserInputError
 from ..metrics.likelihood import IGNORE, forward_logits, mean_token_nll
 from ..params import MAX_STEPS
+from ..subject.residency import resident
 from ..training import TrainConfig, seed_everything, shuffled_minibatches, train
 from .base import Method, MethodParams, register_method
 
@@ -134,13 +135,14 @@ class WhosHarryPotter(Method):
         tok = subject.tokenizer
         data = encode_texts(tok, target.forget_text)
         # 1. reinforced model, 2. generic predictions: the copy is reinforced first, then reset to
-        # the subject's weights for step 4 (two models in memory, never three)
+        # the subject's weights for step 4 (two models in memory, never three; only the one training on the device)
         reinforced = out.model
         if params.reinforce_steps:
-            train(reinforced, lambda b: mean_token_nll(reinforced, b),
-                  shuffled_minibatches(data, params.batch_size, params.seed, subject.device),
-                  TrainConfig(steps=params.reinforce_steps, lr=params.reinforce_lr, seed=params.seed),
-                  description="whp: reinforcing")
+            with resident(reinforced):
+                train(reinforced, lambda b: mean_token_nll(reinforced, b),
+                      shuffled_minibatches(data, params.batch_size, params.seed, subject.device),
+                      TrainConfig(steps=params.reinforce_steps, lr=params.reinforce_lr, seed=params.seed),
+                      description="whp: reinforcing")
         reinforced.eval()
         labels = generic_labels(subject.model, reinforced, data, params.alpha)
         with torch.no_grad():  # the training loop has freed its gradients
@@ -155,9 +157,10 @@ class WhosHarryPotter(Method):
         ft = {**data, "labels": labels}
         # 4. fine-tune on the generic labels
         model = out.model
-        log = train(model, lambda b: mean_token_nll(model, b),
-                    shuffled_minibatches(ft, params.batch_size, params.seed, subject.device),
-                    TrainConfig(steps=params.steps, lr=params.lr, seed=params.seed), description="unlearning: whp")
+        with resident(model):
+            log = train(model, lambda b: mean_token_nll(model, b),
+                        shuffled_minibatches(ft, params.batch_size, params.seed, subject.device),
+                        TrainConfig(steps=params.steps, lr=params.lr, seed=params.seed), description="unlearning: whp")
         model.eval()
         progress.log(f"whp: {n_anchored} anchored-term labels from generic translations")
         return {"anchored_labels": n_anchored, "final_loss": log.losses[-1] if log.losses else None}

@@ -28,6 +28,7 @@ from ..files import (
     replace_dir,
     usual_permissions,
 )
+from . import residency
 from .lora import LoraSettings, copy_adapters, is_peft, merged, require_peft, with_lora
 
 INFO_FILE = "unlearn_audit.json"
@@ -67,6 +68,7 @@ class Subject:
         return PromptFormat(self.prompt_template, self.system_prompt)
 
     def __post_init__(self) -> None:
+        residency.track(self.model)
         for iv in self.interventions:
             self._handles += iv.attach(self.model)
 
