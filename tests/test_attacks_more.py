@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from unlearn_audit.api import Evaluator, audit, unlearn
-from unlearn_audit.attacks.concept_vectors import ablation, attribution_scores, compare, top_vectors
+from unlearn_audit.attacks.concept_vectors import (
+    ablation,
+    attribution_scores,
+    compare,
+    snapshot,
+    top_vectors,
+)
 from unlearn_audit.attacks.in_context import InContextParams, curves, plan
 from unlearn_audit.attacks.probe import last_token_states, probe_accuracy, probe_tasks
 from unlearn_audit.attacks.quantize import quantize_dequantize, quantized
@@ -113,14 +119,14 @@ def test_concept_vector_ablation_lowers_concept_accuracy(micro, micro_target):
 def test_concept_vector_trace_is_one_for_itself_and_drops_when_a_vector_changes(micro):
     full = micro[0]
     located = [(0, 3), (1, 5)]
-    same = compare(full.model, full.model, located, top_k=20)
+    same = compare(snapshot(full.model, located, 20), full.model, located, top_k=20)
     assert same["cosine"] == pytest.approx(1.0) and same["jaccard"] == 1.0
     other = full.copy()
     from unlearn_audit.subject.sites import value_vectors
 
     with torch.no_grad():
         value_vectors(other.model, 1)[5] *= -1                              # flips its projection
-    changed = compare(full.model, other.model, located, top_k=20)
+    changed = compare(snapshot(full.model, located, 20), other.model, located, top_k=20)
     assert changed["per_vector"]["cosine"][1] == pytest.approx(-1.0, abs=1e-5)
     assert changed["per_vector"]["jaccard"] == [1.0, 0.0]                  # top-k became the bottom-k
 

@@ -136,3 +136,59 @@ def test_the_original_is_off_the_device_while_its_copy_trains_and_nothing_change
     assert same(state(moved.model), state(kept.model))
     assert same(state(original.model), before) and spill_files(tmp_path) == []
     assert residency._AWAY == {}
+
+
+CHEAP_ATTACK = {"checkpoints": [0, 2], "bootstrap": 0, "reemergence": True, "max_questions": 4,
+                "max_new_tokens": 4, "shots": [0, 1], "bits": [8], "alphas": [0.0, 1.0]}
+
+
+def test_every_attack_measures_one_model_at_a_time_with_the_same_numbers(micro, micro_target, monkeypatch, tmp_path):
+    from unlearn_audit.attacks import attack_names, get_attack
+
+    original, oracle = micro
+    monkeypatch.setenv("UNLEARN_AUDIT_OFFLOAD", "none")
+    unlearned = unlearn(original, micro_target, "gradient_ascent", steps=2)
+    models = {"original": original, "oracle": oracle, "unlearned": unlearned}
+    names = attack_names()
+    params = {n: get_attack(n).params({k: v for k, v in CHEAP_ATTACK.items() if k in get_attack(n).Params.model_fields})
+              for n in names}
+
+    def run_all():
+        return {n: get_attack(n).run(original, {"ga": unlearned}, oracle, micro_target, params[n]) for n in names}
+
+    kept = run_all()
+    on_device: list[tuple[str, str, set]] = []
+    for n in names:
+        cls = type(get_attack(n))
+
+        def measure(self, subject, setup, p, role, _measure=cls.measure):
+            on_device.append((self.name, role, {k for k, s in models.items()
+                                                if all(q.numel() for q in s.model.parameters())}))
+            return _measure(self, subject, setup, p, role)
+
+        monkeypatch.setattr(cls, "measure", measure)
+    monkeypatch.setenv("UNLEARN_AUDIT_OFFLOAD", "disk")
+    monkeypatch.setenv("UNLEARN_AUDIT_OFFLOAD_DIR", str(tmp_path))
+    moved = run_all()
+    assert moved == kept
+    assert {a for a, _, _ in on_device} == set(names)
+    for attack, role, resident_now in on_device:
+        wanted = {role} | ({"original"} if get_attack(attack).uses_original else set())
+        assert resident_now == wanted, (attack, role)
+    assert spill_files(tmp_path) == [] and residency._AWAY == {}
+
+
+def test_parameters_that_share_storage_come_back_sharing_it(micro, disk):
+    from unlearn_audit.subject.lora import copy_sharing
+    from unlearn_audit.subject.subject import Subject
+
+    original = micro[0]
+    sharing = Subject(copy_sharing(original.model, lambda p: True), original.tokenizer, "sharing")
+    other = original.copy()
+    ptrs = [p.data_ptr() for p in original.model.parameters()]
+    assert [p.data_ptr() for p in sharing.model.parameters()] == ptrs
+    with resident(other.model):  # both away: one copy of each storage in the file
+        assert all(p.numel() == 0 for p in sharing.model.parameters())
+    assert [p.data_ptr() for p in sharing.model.parameters()] == [p.data_ptr() for p in original.model.parameters()]
+    with resident(sharing.model):  # one resident: the storage it shares stays
+        assert [p.data_ptr() for p in original.model.parameters()] == [p.data_ptr() for p in sharing.model.parameters()]

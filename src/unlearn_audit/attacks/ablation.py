@@ -32,11 +32,19 @@ class AblationParams(AttackParams):
                         description="QA whose mean activations define the direction: forget or unrelated.")
 
 
-def directions(original, subject, items) -> dict[Site, torch.Tensor]:
-    """Unit direction per layer: mean residual of ``subject`` minus that of ``original``."""
+def source_means(original, items) -> dict:
+    """The encoded source QA and the original's mean residual per layer on it (computed once,
+    in ``setup``: the original need not be on the device while another model is measured)."""
     data = encode_qa(original.tokenizer, items, original.prompt, original.answer_eos)
     sites = [Site("resid_post", layer) for layer in range(num_layers(original.model))]
-    a, b = token_means(subject.model, data, sites), token_means(original.model, data, sites)
+    return {"data": data, "sites": sites, "means": token_means(original.model, data, sites)}
+
+
+def directions(source: dict, subject) -> dict[Site, torch.Tensor]:
+    """Unit direction per layer: mean residual of ``subject`` minus the original's
+    (``source``: :func:`source_means`)."""
+    sites, b = source["sites"], source["means"]
+    a = token_means(subject.model, source["data"], sites)
     return {s: (a[s] - b[s]) / (a[s] - b[s]).norm().clamp(min=1e-12) for s in sites}
 
 
@@ -65,14 +73,14 @@ class Ablation(Attack):
     summary = "project out the unlearned-minus-original direction at every layer (Łucki et al. 2024)"
 
     def setup(self, original, target, params, references=None):
-        return {"original": original, "suite": EvalSuite(original, {"forget": target.all_forget_qa}),
-                "source": _source(target, params)}
+        return {"suite": EvalSuite(original, {"forget": target.all_forget_qa}),
+                "source": source_means(original, _source(target, params))}
 
     def measure(self, subject, setup: dict, params: AblationParams, role: str) -> dict:
         acc = setup["suite"].accuracies(subject)["forget"]
         if role == "original":
             return {"acc": acc}
-        dirs = directions(setup["original"], subject, setup["source"])
+        dirs = directions(setup["source"], subject)
         return {"acc": acc, "acc_ablated": ablated_accuracy(subject, setup["suite"], dirs)}
 
     def score(self, m: dict, original: dict, oracle: dict | None, setup, params, name: str) -> dict:

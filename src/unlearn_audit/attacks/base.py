@@ -9,7 +9,9 @@ Every attack is an :class:`Attack` subclass, which owns the loop: it measures th
 the oracle once (those measurements are the attack's ``references``, JSON values, so an
 experiment computes them once per target, stores them and shares them across its cells), then
 visits the unlearned models one at a time: ``measure`` each, ``score`` it against the two
-references. Adding an attack is one file in this package with ``@register_attack`` on its class
+references. Each measurement runs with only the model it measures on the device (and the
+original, for an attack that compares weights or activations with it: ``uses_original``); the
+others are off it meanwhile (``subject/residency.py``). Adding an attack is one file in this package with ``@register_attack`` on its class
 (or a module named by an ``unlearn_audit.attacks`` entry point).
 """
 
@@ -27,6 +29,7 @@ from ..params import MAX_SEED, validate_params
 from ..registry import Registry
 from ..results.schema import AttackDeclaration
 from ..subject.lora import is_peft
+from ..subject.residency import resident
 
 
 class AttackParams(BaseModel):
@@ -55,11 +58,22 @@ class Attack:
     # the attack reads or edits weights one by one: a subject with LoRA adapters is measured as
     # a copy with the adapters merged in (one model's memory more while it is measured)
     merged_weights: bool = False
+    # ``measure`` reads the original's model (kept as ``setup["original"]``) beside the one it
+    # measures (patching, ablation, concept vectors, weight distance): both are on the device
+    uses_original: bool = False
 
     def _measure(self, subject, setup: Any, params, role: str) -> dict | None:
-        if self.merged_weights and is_peft(subject.model):
-            subject = subject.copy(merge=True)
-        return self.measure(subject, setup, params, role)
+        """``measure`` with only ``subject`` (and the original, where ``uses_original``) on the
+        device: every other model is off it meanwhile (``subject/residency.py``)."""
+        # getattr: a subject without a model (the loop's tests use fake ones) has nothing to move
+        with resident(getattr(subject, "model", None), setup["original"].model if self.uses_original else None):
+            if self.merged_weights and is_peft(subject.model):
+                subject = subject.copy(merge=True)
+            return self.measure(subject, setup, params, role)
+
+    def _setup(self, original, target, params, references: dict | None = None) -> Any:
+        with resident(getattr(original, "model", None)):
+            return self.setup(original, target, params, references)
 
     def params(self, values: Mapping[str, Any] | None = None) -> AttackParams:
         return validate_params(self.Params, values, f"attack {self.name!r}")
@@ -83,7 +97,7 @@ class Attack:
     def references(self, original, oracle, target, params, setup: Any = None) -> dict:
         """``{"original": measurement, "oracle": measurement}`` (no ``oracle`` without one; no
         entry for a role ``measure`` returns None for)."""
-        setup = self.setup(original, target, params) if setup is None else setup
+        setup = self._setup(original, target, params) if setup is None else setup
         out = {}
         for role, subject in (("original", original), ("oracle", oracle)):
             if subject is not None and (m := self._measure(subject, setup, params, role)) is not None:
@@ -94,7 +108,7 @@ class Attack:
         """``{"methods": {name: result}, "baselines": ...}``; ``references`` from an earlier
         :meth:`references` call with the same original, oracle, target and params."""
         progress.log(f"attack [bold]{self.name}[/]: {self.summary}")
-        setup = self.setup(original, target, params, references)
+        setup = self._setup(original, target, params, references)
         if references is None:
             references = self.references(original, oracle, target, params, setup)
         base = {k: v for k, v in references.items() if k == "original" or oracle is not None}

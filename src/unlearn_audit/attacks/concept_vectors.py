@@ -144,30 +144,50 @@ def top_vectors(scores: torch.Tensor, n: int) -> list[tuple[int, int]]:
     return [(i // width, i % width) for i in scores.flatten().topk(min(n, scores.numel())).indices.tolist()]
 
 
+def _copy_layout(v: torch.Tensor) -> torch.Tensor:
+    """A copy of the vector ``v`` that is strided when ``v`` is (a row of a transposed weight):
+    the cosine's reduction then takes the same kernel path as on the weight itself (a contiguous
+    copy moves the cosine in the eighth digit)."""
+    if v.is_contiguous():
+        return v.detach().clone()
+    out = torch.empty(v.shape[0], 2, dtype=v.dtype, device=v.device)[:, 0]
+    return out.copy_(v.detach())
+
+
 @torch.no_grad()
-def compare(original, other, located: list[tuple[int, int]], top_k: int) -> dict:
-    """Per concept vector (layer, index) of two models (``original`` and ``other``: HF models):
-    cosine of the two vectors and Jaccard index of their top-k projected tokens, each projected
-    by its own model; and their means."""
+def snapshot(model, located: list[tuple[int, int]], top_k: int) -> dict:
+    """What :func:`compare` needs of the original (an HF model): its located value vectors, its
+    top-k projected tokens of each, and its value-vector shape; taken once, so that the
+    original need not be on the device while another model is compared with it."""
+    rows = [_copy_layout(value_vectors(model, layer)[i]) for layer, i in located]
+    tops = [set(unembed(model, value_vectors(model, layer)[i:i + 1])[0].topk(top_k).indices.tolist())
+            for layer, i in located]
+    return {"rows": rows, "tops": tops, "shape": (num_layers(model), tuple(value_vectors(model, 0).shape))}
+
+
+@torch.no_grad()
+def compare(original: dict, other, located: list[tuple[int, int]], top_k: int) -> dict:
+    """Per concept vector (layer, index) of the original (its :func:`snapshot`) and ``other``
+    (an HF model): cosine of the two vectors and Jaccard index of their top-k projected tokens,
+    each projected by its own model; and their means."""
     cos, jac = [], []
-    for layer, i in located:
-        v, w = value_vectors(original, layer)[i].float(), value_vectors(other, layer)[i].float()
+    for (layer, i), row, a in zip(located, original["rows"], original["tops"], strict=True):
+        v, w = row.float(), value_vectors(other, layer)[i].float()
         cos.append(float(torch.nn.functional.cosine_similarity(v, w.to(v.device), dim=0)))
-        a = set(unembed(original, value_vectors(original, layer)[i:i + 1])[0].topk(top_k).indices.tolist())
         b = set(unembed(other, value_vectors(other, layer)[i:i + 1])[0].topk(top_k).indices.tolist())
         jac.append(len(a & b) / len(a | b))
     return {"cosine": sum(cos) / len(cos), "jaccard": sum(jac) / len(jac),
             "per_vector": {"cosine": cos, "jaccard": jac}}
 
 
-def _replaced(model, located, source=None) -> dict[int, torch.Tensor]:
-    """New value-vector matrices per layer: the located rows zeroed (``source`` None) or
-    copied from ``source``."""
+def _replaced(model, located, rows: list[torch.Tensor] | None = None) -> dict[int, torch.Tensor]:
+    """New value-vector matrices per layer: the located rows zeroed (``rows`` None) or set to
+    ``rows`` (the original's, from its :func:`snapshot`)."""
     out = {}
-    for layer, i in located:
+    for n, (layer, i) in enumerate(located):
         if layer not in out:
             out[layer] = value_vectors(model, layer).detach().clone()
-        out[layer][i] = 0 if source is None else value_vectors(source, layer)[i].to(out[layer].dtype)
+        out[layer][i] = 0 if rows is None else rows[n].to(out[layer].device, out[layer].dtype)
     return out
 
 
@@ -215,24 +235,24 @@ class ConceptVectors(Attack):
         sets = {k: v for k, v in (("forget", forget), ("retain", target.retain_qa),
                                   ("unrelated", target.unrelated_qa)) if v}
         forget_suite = EvalSuite(original, {"forget": forget})
-        return {"original": original, "located": located, "suite": EvalSuite(original, sets),
-                "forget_suite": forget_suite, "acc_original": forget_suite.accuracies(original)["forget"]}
+        return {"located": located, "snapshot": snapshot(original.model, located, params.top_k),
+                "suite": EvalSuite(original, sets), "forget_suite": forget_suite,
+                "acc_original": forget_suite.accuracies(original)["forget"]}
 
     def measure(self, subject, setup: dict, params: ConceptVectorParams, role: str) -> dict:
-        original, located = setup["original"], setup["located"]
+        located, original = setup["located"], setup["snapshot"]
         if role == "original":
             return {"vectors": [list(x) for x in located], "locate": params.locate,
-                    "ablation": ablation(original, setup["suite"], located, params.seed)}
-        if (num_layers(subject.model) != num_layers(original.model)
-                or value_vectors(subject.model, 0).shape != value_vectors(original.model, 0).shape):
+                    "ablation": ablation(subject, setup["suite"], located, params.seed)}
+        if (num_layers(subject.model), tuple(value_vectors(subject.model, 0).shape)) != original["shape"]:
             raise UserInputError(f"concept_vectors: the {role} model does not have the original's architecture; "
                                  "value vectors are compared index by index")
-        trace = compare(original.model, subject.model, located, params.top_k)
+        trace = compare(original, subject.model, located, params.top_k)
         if role == "oracle":
             return trace
         suite = setup["forget_suite"]
         acc = suite.accuracies(subject)["forget"]
-        with patched_weights(subject.model, _replaced(subject.model, located, original.model)):
+        with patched_weights(subject.model, _replaced(subject.model, located, original["rows"])):
             restored = suite.accuracies(subject)["forget"]
         return {**trace, "acc": acc, "restored_acc": restored}
 

@@ -314,6 +314,7 @@ class Patching(Attack):
     original or the oracle by themselves."""
 
     name = "patching"
+    uses_original = True
     Params = PatchingParams
     summary = "restore vanilla MLP coefficients / value vectors / attention by layer window (KRS, Hong et al. 2024)"
     declaration = AttackDeclaration(headline="recovery", fallback=None, label="KRS")

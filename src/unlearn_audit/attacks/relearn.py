@@ -51,6 +51,7 @@ from ..params import (
     train_settings,
 )
 from ..results.schema import AttackDeclaration
+from ..subject.residency import resident
 from ..training import TrainConfig, seed_everything, shuffled_minibatches, train
 from .base import Attack, AttackParams, register_attack
 from .reemergence import Tracker, concept_probe, saliency
@@ -137,19 +138,19 @@ def relearn_curve(subject, train_data, suite: EvalSuite, params: RelearnParams, 
         if on_checkpoint is not None:
             on_checkpoint(model)
 
-    if checkpoints[0] == 0:
-        record()
-    wanted = set(checkpoints)
-
     def on_step(step: int, loss: float) -> None:
         if step in wanted:
             record()
 
-    if checkpoints[-1] > 0:
-        batches = shuffled_minibatches(train_data, params.batch_size, seed, subject.device)
-        train(model, lambda b: mean_token_nll(model, b), batches,
-              TrainConfig(steps=checkpoints[-1], lr=params.lr, seed=seed, **train_settings(params)), on_step=on_step,
-              description=f"relearning {label}")
+    wanted = set(checkpoints)
+    with resident(model):  # the subject it copies (and every other model) off the device meanwhile
+        if checkpoints[0] == 0:
+            record()
+        if checkpoints[-1] > 0:
+            batches = shuffled_minibatches(train_data, params.batch_size, seed, attacked.device)
+            train(model, lambda b: mean_token_nll(model, b), batches,
+                  TrainConfig(steps=checkpoints[-1], lr=params.lr, seed=seed, **train_settings(params)),
+                  on_step=on_step, description=f"relearning {label}")
     return {"steps": checkpoints, "correct": {k: np.stack(v) for k, v in correct.items()}}
 
 

@@ -8,6 +8,7 @@ rest. Methods register by name with :func:`register_method`.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from itertools import islice
 from typing import Any, ClassVar, Literal
@@ -239,7 +240,7 @@ def with_reference_outputs(batches: Iterator[dict], n: int,
     out. The outputs wait where offloaded weights go (host memory, or a temporary file under
     ``UNLEARN_AUDIT_OFFLOAD=disk``: ``subject/residency.py``) and come back to the batch's
     device one batch at a time."""
-    planned, stored = [], []
+    planned, stored = deque(), deque()
     with progress.bar("reference passes", n) as bar:
         for batch in islice(batches, n):
             with torch.no_grad():
@@ -248,13 +249,17 @@ def with_reference_outputs(batches: Iterator[dict], n: int,
             planned.append(batch)
             bar.advance()
 
+    def merged(batch: dict, outputs: dict[str, torch.Tensor]) -> dict:
+        batch = dict(batch)
+        for name, t in outputs.items():
+            part, key = name.split("/", 1)
+            batch[part] = {**batch[part], key: t}
+        return batch
+
     def handed_out():
-        for batch, parked in zip(planned, stored, strict=True):
-            merged = dict(batch)
-            for name, t in residency.unpark(parked).items():
-                part, key = name.split("/", 1)
-                merged[part] = {**merged[part], key: t}
-            yield merged
+        # each batch is let go of once handed out: the generator keeps no reference to it
+        while planned:
+            yield merged(planned.popleft(), residency.unpark(stored.popleft()))
 
     return handed_out()
 

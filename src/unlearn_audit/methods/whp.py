@@ -140,7 +140,7 @@ class WhosHarryPotter(Method):
         if params.reinforce_steps:
             with resident(reinforced):
                 train(reinforced, lambda b: mean_token_nll(reinforced, b),
-                      shuffled_minibatches(data, params.batch_size, params.seed, subject.device),
+                      shuffled_minibatches(data, params.batch_size, params.seed, out.device),
                       TrainConfig(steps=params.reinforce_steps, lr=params.reinforce_lr, seed=params.seed),
                       description="whp: reinforcing")
         reinforced.eval()
@@ -159,7 +159,7 @@ class WhosHarryPotter(Method):
         model = out.model
         with resident(model):
             log = train(model, lambda b: mean_token_nll(model, b),
-                        shuffled_minibatches(ft, params.batch_size, params.seed, subject.device),
+                        shuffled_minibatches(ft, params.batch_size, params.seed, out.device),
                         TrainConfig(steps=params.steps, lr=params.lr, seed=params.seed), description="unlearning: whp")
         model.eval()
         progress.log(f"whp: {n_anchored} anchored-term labels from generic translations")

@@ -37,17 +37,21 @@ MODES = ("auto", "host", "disk", "none")
 _TRACKED: weakref.WeakSet = weakref.WeakSet()  # every Subject's model
 
 
-class _Away:
-    """Where one parameter is while it is off its device."""
+class _Group:
+    """Parameters that share one storage (tied weights, a LoRA copy's base and the model it was
+    copied from), moved off their device together and brought back as one tensor again, so
+    that sharing survives the round trip."""
 
-    __slots__ = ("param", "device", "file", "key")
+    __slots__ = ("params", "device", "file", "key", "host")
 
-    def __init__(self, param: torch.nn.Parameter, file: _SpillFile | None = None, key: str = ""):
-        self.param, self.device, self.file, self.key = param, param.device, file, key
+    def __init__(self, params: list[torch.nn.Parameter]):
+        self.params, self.device = params, params[0].device
+        self.file: _SpillFile | None = None
+        self.key, self.host = "", None
 
 
 class _SpillFile:
-    """A temporary safetensors file of offloaded parameters; deleted when the last is back."""
+    """A temporary safetensors file of offloaded tensors; deleted when the last is taken back."""
 
     def __init__(self, tensors: dict[str, torch.Tensor]):
         from safetensors.torch import save_file
@@ -69,7 +73,12 @@ class _SpillFile:
         return t
 
 
-_AWAY: dict[int, _Away] = {}  # id(parameter) -> where it is
+_AWAY: dict[int, _Group] = {}  # id(parameter) -> the group it is away with
+
+
+def _storage(p: torch.nn.Parameter) -> tuple:
+    """Parameters with equal keys are views of one storage in the same place."""
+    return (p.untyped_storage().data_ptr(), p.storage_offset(), tuple(p.shape), p.stride(), p.dtype)
 
 
 def track(model: torch.nn.Module) -> None:
@@ -90,27 +99,42 @@ def _params(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return list(model.parameters())
 
 
-def _offload(params: list[torch.nn.Parameter], how: str) -> list[torch.nn.Parameter]:
-    """Move ``params`` (not yet away) off their device; returns those moved."""
-    if how in ("auto", "host"):
-        moved = [p for p in params if p.device.type not in ("cpu", "meta")]
-        for p in moved:
-            _AWAY[id(p)] = _Away(p)
-            p.data = p.data.to("cpu")
-        return moved
-    moved = [p for p in params if p.device.type != "meta" and p.numel()]
-    if moved:
-        spill = _SpillFile({str(i): p.data for i, p in enumerate(moved)})
-        for i, p in enumerate(moved):
-            _AWAY[id(p)] = _Away(p, spill, str(i))
-            p.data = torch.empty(0, dtype=p.dtype, device=p.device)
-    return moved
-
-
-def _onload(params: list[torch.nn.Parameter]) -> None:
+def _offload(params: list[torch.nn.Parameter], how: str) -> list[_Group]:
+    """Move ``params`` (none of them away) off their device, one group per shared storage;
+    returns the groups moved."""
+    by_storage: dict[tuple, list[torch.nn.Parameter]] = {}
     for p in params:
-        away = _AWAY.pop(id(p))
-        p.data = away.file.take(away.key, away.device) if away.file is not None else p.data.to(away.device)
+        if p.device.type == "meta" or not p.numel() or (how != "disk" and p.device.type == "cpu"):
+            continue
+        by_storage.setdefault(_storage(p), []).append(p)
+    groups = [_Group(ps) for ps in by_storage.values()]
+    if how == "disk" and groups:
+        spill = _SpillFile({str(i): g.params[0].data for i, g in enumerate(groups)})
+        for i, g in enumerate(groups):
+            g.file, g.key = spill, str(i)
+    for g in groups:
+        if g.file is None:
+            g.host = g.params[0].data.to("cpu")
+        placeholder = torch.empty(0, dtype=g.params[0].dtype, device=g.device) if g.file is not None else g.host
+        for p in g.params:
+            _AWAY[id(p)] = g
+            p.data = placeholder
+    return groups
+
+
+def _onload(groups: list[_Group]) -> None:
+    for g in groups:
+        t = g.file.take(g.key, g.device) if g.file is not None else g.host.to(g.device)
+        for p in g.params:
+            del _AWAY[id(p)]
+            p.data = t
+        g.host = None
+
+
+def _groups_of(params) -> list[_Group]:
+    """The groups the away ones of ``params`` are in now (a nested block may have brought a
+    group back and moved it off again as a new one)."""
+    return list({id(_AWAY[id(p)]): _AWAY[id(p)] for p in params if id(p) in _AWAY}.values())
 
 
 @contextmanager
@@ -122,23 +146,19 @@ def resident(*models: torch.nn.Module | None) -> Iterator[None]:
         yield
         return
     keep = [m for m in models if m is not None]
-    kept = {id(p) for m in keep for p in _params(m)}
-    back = [p for m in keep for p in _params(m) if id(p) in _AWAY]  # moved off by an outer block
-    back = list({id(p): p for p in back}.values())
-    _onload(back)
+    back = [p for g in _groups_of(p for m in keep for p in _params(m)) for p in g.params]
+    _onload(_groups_of(back))  # moved off by an outer block
     away: list[torch.nn.Parameter] = []
     try:
+        kept = {_storage(p) for m in keep for p in _params(m)}
         others: dict[int, torch.nn.Parameter] = {}
         for model in list(_TRACKED):
-            if any(model is m for m in keep):
-                continue
-            for p in _params(model):
-                if id(p) not in kept and id(p) not in _AWAY:
-                    others[id(p)] = p
-        away = _offload(list(others.values()), how)
+            if not any(model is m for m in keep):
+                others.update((id(p), p) for p in _params(model) if id(p) not in _AWAY and _storage(p) not in kept)
+        away = [p for g in _offload(list(others.values()), how) for p in g.params]
         yield
     finally:
-        _onload(away)
+        _onload(_groups_of(away))
         _offload(back, how)
 
 
