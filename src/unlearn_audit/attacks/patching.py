@@ -56,6 +56,8 @@ from ..errors import UserInputError
 from ..metrics.generation import greedy_continuations
 from ..metrics.likelihood import forward_logits
 from ..results.schema import AttackDeclaration
+from ..subject import residency
+from ..subject.residency import resident
 from ..subject.sites import Site, hooks, num_layers, patched_weights, record, value_vectors
 from ..world import QA
 from .base import Attack, AttackParams, register_attack, sample_items
@@ -181,16 +183,27 @@ def _donors(items: Sequence[QA], pool: Sequence[QA], prompt_lengths: list[int], 
     return out
 
 
+def _parked(tensors: dict[Site, torch.Tensor] | torch.Tensor):
+    keys = list(tensors) if isinstance(tensors, dict) else None
+    values = [tensors[k] for k in keys] if keys is not None else [tensors]
+    return keys, residency.park({str(i): t for i, t in enumerate(values)})
+
+
+def _unparked(parked) -> dict[Site, torch.Tensor] | torch.Tensor:
+    keys, stored = parked
+    values = residency.unpark(stored)
+    return {k: values[str(i)] for i, k in enumerate(keys)} if keys is not None else values["0"]
+
+
 @torch.no_grad()
-def krs_profile(original, unlearned, items: Sequence[QA], params: PatchingParams,
-                donor_pool: Sequence[QA] = ()) -> dict:
-    """KRS per intervention per window centre on ``items`` (and the content control)."""
-    model_v, model_u = original.model, unlearned.model
+def record_original(original, items: Sequence[QA], params: PatchingParams, donor_pool: Sequence[QA] = ()) -> dict:
+    """Everything :func:`krs_profile` needs of the original, computed once: its greedy answers,
+    per batch its logits and its activations at every site (and a donor's coefficients, for
+    the content control), and its value vectors. The tensors wait where offloaded weights go
+    (``subject/residency.py``), so the original need not be on the device while an unlearned
+    model is patched with them."""
+    model_v = original.model
     n_layers = num_layers(model_v)
-    if num_layers(model_u) != n_layers or value_vectors(model_u, 0).shape != value_vectors(model_v, 0).shape:
-        raise UserInputError("patching needs the unlearned model to have the original's architecture")
-    width = params.window or default_window(n_layers)
-    wins = windows(n_layers, width)
     tok = original.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
     prompts, answers = greedy_continuations(original, items, params.max_new_tokens)
@@ -204,22 +217,59 @@ def krs_profile(original, unlearned, items: Sequence[QA], params: PatchingParams
         donor_prompts = tokenize_prompts(tok, donor_pool, [render_prompt(q, original.prompt, tok) for q in donor_pool],
                                          original.prompt)
         donors = _donors(items, donor_pool, [len(p) for p in prompts], [len(p) for p in donor_prompts])
-    was = model_v.training, model_u.training
+    was = model_v.training
     model_v.eval()
-    model_u.eval()
-    mse_u_all, mse = [], defaultdict(list)               # intervention -> list of (W, B) chunks
-    content_rows, content_mse_u = [], []
     sites = [Site(k, layer) for k in ("mlp_coefficients", "attn_out") for layer in range(n_layers)]
     device = next(model_v.parameters()).device
+    batches = []
     try:
         for c in range(0, len(items), params.batch_size):
             sl = slice(c, c + params.batch_size)
             batch = encode_teacher_forced(prompts[sl], answers[sl], pad)
-            mask = answer_mask(batch, params.positions).to(device)
             dev = {k: batch[k].to(device) for k in ("input_ids", "attention_mask")}
             held = {}
             cached = record(model_v, sites, lambda dev=dev, held=held: held.setdefault("logits", forward_logits(model_v, dev)))
-            logits_v = held["logits"]
+            out = {"batch": batch, "mask": answer_mask(batch, params.positions), "cached": _parked(cached),
+                   "logits": _parked(held["logits"]), "have": [], "donor": None}
+            chunk_donors = donors[sl]
+            have = [i for i, d in enumerate(chunk_donors) if d is not None]
+            if have:
+                d_batch = encode_teacher_forced([donor_prompts[chunk_donors[i]] for i in have],
+                                                [answers[c + i] for i in have], pad, dev["input_ids"].shape[1])
+                d_dev = {k: d_batch[k].to(device) for k in ("input_ids", "attention_mask")}
+                d_cached = record(model_v, [s for s in sites if s.kind == "mlp_coefficients"],
+                                  lambda d_dev=d_dev: forward_logits(model_v, d_dev))
+                out["have"], out["donor"] = have, _parked(d_cached)
+            batches.append(out)
+    finally:
+        model_v.train(was)
+    vectors = {layer: _parked(value_vectors(model_v, layer).detach().clone()) for layer in range(n_layers)}
+    return {"n_layers": n_layers, "shape": tuple(value_vectors(model_v, 0).shape), "questions": len(items),
+            "batches": batches, "value_vectors": vectors}
+
+
+@torch.no_grad()
+def krs_profile(original, unlearned, items: Sequence[QA], params: PatchingParams,
+                donor_pool: Sequence[QA] = (), recorded: dict | None = None) -> dict:
+    """KRS per intervention per window centre on ``items`` (and the content control);
+    ``recorded``: :func:`record_original` of the same arguments, made earlier (else made now)."""
+    model_u = unlearned.model
+    rec = record_original(original, items, params, donor_pool) if recorded is None else recorded
+    n_layers = rec["n_layers"]
+    if num_layers(model_u) != n_layers or tuple(value_vectors(model_u, 0).shape) != rec["shape"]:
+        raise UserInputError("patching needs the unlearned model to have the original's architecture")
+    width = params.window or default_window(n_layers)
+    wins = windows(n_layers, width)
+    was = model_u.training
+    model_u.eval()
+    mse_u_all, mse = [], defaultdict(list)               # intervention -> list of (W, B) chunks
+    content_rows, content_mse_u = [], []
+    device = next(model_u.parameters()).device
+    try:
+        for b in rec["batches"]:
+            mask = b["mask"].to(device)
+            dev = {k: b["batch"][k].to(device) for k in ("input_ids", "attention_mask")}
+            cached, logits_v = _unparked(b["cached"]), _unparked(b["logits"])
             mse_u = per_row_mse(forward_logits(model_u, dev), logits_v, mask)                    # (B,)
             mse_u_all.append(mse_u.cpu())
             def vs_vanilla(logits, w, ref=logits_v, mask=mask):
@@ -229,30 +279,23 @@ def krs_profile(original, unlearned, items: Sequence[QA], params: PatchingParams
                 mse[name].append(patch_windows(model_u, dev, cached, wins, kinds, vs_vanilla, params.max_rows).cpu())
             vv = []
             for win in wins:
-                with patched_weights(model_u, {layer: value_vectors(model_v, layer) for layer in win}):
+                with patched_weights(model_u, {layer: _unparked(rec["value_vectors"][layer]) for layer in win}):
                     vv.append(per_row_mse(forward_logits(model_u, dev), logits_v, mask).cpu())
             mse["value_vectors"].append(torch.stack(vv))
             # content control: coefficients from another entity's question, recipient's answer
-            chunk_donors = donors[sl]
-            have = [i for i, d in enumerate(chunk_donors) if d is not None]
+            have = b["have"]
             if have:
-                d_batch = encode_teacher_forced([donor_prompts[chunk_donors[i]] for i in have],
-                                                [answers[c + i] for i in have], pad, dev["input_ids"].shape[1])
-                d_dev = {k: d_batch[k].to(device) for k in ("input_ids", "attention_mask")}
-                d_cached = record(model_v, [s for s in sites if s.kind == "mlp_coefficients"],
-                                  lambda d_dev=d_dev: forward_logits(model_v, d_dev))
                 r_dev = {k: v[have] for k, v in dev.items()}
                 def vs_recipient(logits, w, ref=logits_v[have], mask=mask[have]):
                     return per_row_mse(logits, ref, mask)
 
-                content_rows.append(patch_windows(model_u, r_dev, d_cached, wins, ("mlp_coefficients",),
+                content_rows.append(patch_windows(model_u, r_dev, _unparked(b["donor"]), wins, ("mlp_coefficients",),
                                                   vs_recipient, params.max_rows).cpu())
                 content_mse_u.append(mse_u[have].cpu())
     finally:
-        model_v.train(was[0])
-        model_u.train(was[1])
+        model_u.train(was)
     mse_u = torch.cat(mse_u_all) if mse_u_all else torch.zeros(0)
-    out = {"window": width, "layers": list(range(n_layers)), "windows": wins, "questions": len(items),
+    out = {"window": width, "layers": list(range(n_layers)), "windows": wins, "questions": rec["questions"],
            "changed_questions": int((mse_u > EPS).sum()),
            "krs": {name: [krs(torch.cat(mse[name], 1)[w], mse_u) for w in range(len(wins))] if mse[name] else []
                    for name in INTERVENTIONS}}
@@ -314,7 +357,6 @@ class Patching(Attack):
     original or the oracle by themselves."""
 
     name = "patching"
-    uses_original = True
     Params = PatchingParams
     summary = "restore vanilla MLP coefficients / value vectors / attention by layer window (KRS, Hong et al. 2024)"
     declaration = AttackDeclaration(headline="recovery", fallback=None, label="KRS")
@@ -330,9 +372,15 @@ class Patching(Attack):
         if role != "unlearned":
             return None
         original, unrelated = setup["original"], setup["unrelated"]
+        no_control = params.model_copy(update={"content_control": False})
+        if "recorded" not in setup:  # once per run, with the original on the device (and only it)
+            with resident(original.model):
+                setup["recorded"] = (record_original(original, setup["forget"], params, setup["pool"]),
+                                     record_original(original, unrelated, no_control) if unrelated else None)
+        recorded, recorded_control = setup["recorded"]
         progress.log(f"  patching {progress.plain(subject.name)}: {len(setup['forget'])} forget questions")
-        profile = krs_profile(original, subject, setup["forget"], params, setup["pool"])
-        control = krs_profile(original, subject, unrelated, params.model_copy(update={"content_control": False})) \
+        profile = krs_profile(original, subject, setup["forget"], params, setup["pool"], recorded)
+        control = krs_profile(original, subject, unrelated, no_control, recorded=recorded_control) \
             if unrelated else None
         return {**profile, "control_unrelated": control and {
             "krs": control["krs"], "questions": control["questions"], "changed_questions": control["changed_questions"]}}

@@ -163,13 +163,20 @@ def resident(*models: torch.nn.Module | None) -> Iterator[None]:
 
 
 class Parked:
-    """Tensors set aside until needed (see :func:`park`)."""
+    """Tensors set aside until needed (see :func:`park`); a file of them is deleted with this."""
 
     def __init__(self, tensors: dict[str, torch.Tensor], how: str):
         self.devices = {k: t.device for k, t in tensors.items()}
-        self.file = None
+        self.path = None
         if how == "disk" and tensors:
-            self.file, self.tensors = _SpillFile(tensors), {}
+            from safetensors.torch import save_file
+
+            fd, self.path = tempfile.mkstemp(prefix="unlearn-audit-offload-", suffix=".safetensors",
+                                             dir=os.environ.get("UNLEARN_AUDIT_OFFLOAD_DIR") or None)
+            os.close(fd)
+            weakref.finalize(self, os.unlink, self.path)
+            save_file({k: t.detach().contiguous() for k, t in tensors.items()}, self.path)
+            self.tensors = {}
         elif how == "none":
             self.tensors = dict(tensors)
         else:
@@ -178,13 +185,16 @@ class Parked:
 
 def park(tensors: dict[str, torch.Tensor]) -> Parked:
     """Set ``tensors`` aside where offloaded parameters go (host memory, a temporary file under
-    ``disk``, nowhere under ``none``): precomputed reference outputs that a training run needs
-    one batch at a time."""
+    ``disk``, nowhere under ``none``): what a step needs one piece at a time and was computed
+    from a model that is off the device by then (reference outputs, recorded activations)."""
     return Parked(tensors, mode())
 
 
 def unpark(parked: Parked) -> dict[str, torch.Tensor]:
-    """The tensors of :func:`park`, on the devices they came from (once for a file)."""
-    if parked.file is not None:
-        return {k: parked.file.take(k, d) for k, d in parked.devices.items()}
+    """The tensors of :func:`park`, on the devices they came from (as often as asked)."""
+    if parked.path is not None:
+        from safetensors import safe_open
+
+        with safe_open(parked.path, "pt", device="cpu") as f:
+            return {k: f.get_tensor(k).to(d) for k, d in parked.devices.items()}
     return {k: t.to(parked.devices[k]) for k, t in parked.tensors.items()}
