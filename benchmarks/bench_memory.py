@@ -4,7 +4,7 @@
 
 Process RSS of a tiny model hides copies (allocator pools, shared pages), so this counts what a
 GPU would have to hold: at every optimiser step, after every ``Subject.copy`` and after every
-measurement, the bytes of all live floating-point tensors (unique storages found by the garbage
+measurement, at every forward pass of a Subject's model, the bytes of all live floating-point tensors (unique storages found by the garbage
 collector, plus each parameter's ``.grad``), divided by the bytes of one model's parameters.
 
 The models the call is given count too: a method is run with the original resident (1.0x
@@ -41,6 +41,7 @@ from unlearn_audit.api import target_for, unlearn  # noqa: E402
 from unlearn_audit.attacks import ATTACKS, attack_names, get_attack  # noqa: E402
 from unlearn_audit.methods import method_names  # noqa: E402
 from unlearn_audit.organisms import organism  # noqa: E402
+from unlearn_audit.subject import residency  # noqa: E402
 from unlearn_audit.subject.subject import Subject  # noqa: E402
 
 CHEAP_METHOD = {"steps": 3, "reinforce_steps": 2, "v_steps": 2, "search_steps": 2}
@@ -98,6 +99,10 @@ def instrument(peak: Peak) -> None:
 
     faults.point = point
     Subject.copy = copy
+    # inside a measurement too: at every forward pass of a Subject's model (weight clones that
+    # live only while an evaluation runs are seen there)
+    torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda module, args: peak.sample() if module in residency._TRACKED else None)
     ATTACKS.load()
     for attack in set(type(a) for a in ATTACKS.values()):
         measure = attack.measure
@@ -150,7 +155,8 @@ def main() -> None:
         peak.active = False
         print(f"| {name} | {m.kind} | {peak.value / model_bytes:.2f}x (from {start / model_bytes:.2f}x) |", flush=True)
 
-    unlearned = unlearn(full, target, "gradient_ascent", steps=3)
+    # with --lora the attacks measure a LoRA-unlearned model (adapters over the shared base)
+    unlearned = unlearn(full, target, "gradient_ascent", steps=3, **({"lora_r": args.lora} if args.lora else {}))
     oracle = organism("micro", 0, cache_dir=cache)[1]
     gc.collect()
     print(f"\nresident between the attacks' steps (original, oracle, one unlearned): {live_bytes() / model_bytes:.2f}x")

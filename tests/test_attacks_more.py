@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from unlearn_audit.api import Evaluator, audit, unlearn
+from unlearn_audit.attacks import weight_distance
 from unlearn_audit.attacks.concept_vectors import (
     ablation,
     attribution_scores,
@@ -26,6 +27,7 @@ from unlearn_audit.metrics.linear import fit_probe
 from unlearn_audit.metrics.mia import auc, mia_scores
 from unlearn_audit.report.tables import summary_rows
 from unlearn_audit.results.schema import AttackResult
+from unlearn_audit.subject import residency
 from unlearn_audit.world import QA
 
 NEW_ATTACKS = ["probe", "concept_vectors", "in_context", "quantize", "mia", "weight_distance"]
@@ -245,22 +247,50 @@ def test_holdout_texts_survive_a_target_directory_round_trip(micro_target, tmp_p
 
 # ----------------------------------------------------------------------------- weight distance
 
+def _weights(subject):
+    return residency.park({k: p.detach() for k, p in subject.model.named_parameters()}, copy=True)
+
+
 def test_weight_distance_and_interpolation(micro, micro_target):
     full = micro[0]
     moved = full.copy()
     with torch.no_grad():
         moved.model.model.layers[1].mlp.up_proj.weight.add_(0.01)
-    d = distances(full.model, moved.model)
+    d = distances(_weights(full), moved.model, "model.layers.", 2)
     w = full.model.model.layers[1].mlp.up_proj.weight
     assert d["layers"]["layer.1"]["l2"] == pytest.approx(0.01 * math.sqrt(w.numel()), rel=1e-3)
     assert d["layers"]["layer.0"]["l2"] == 0 and d["layers"]["other"]["l2"] == 0
     assert barrier([0, 0.5, 1], [1.0, 3.0, 2.0]) == pytest.approx(1.5)
     suite = EvalSuite(full, {"forget": micro_target.all_forget_qa})
     state = _state(moved.model)
-    curve = interpolation(full, moved, suite, [0.0, 1.0])["forget"]
+    curve = interpolation(_weights(full), moved, suite, [0.0, 1.0])["forget"]
     assert _same(moved.model, state)
     assert curve["nll"][0] == pytest.approx(suite.run(full)["forget"].mean_nll, rel=1e-5)
     assert curve["nll"][1] == pytest.approx(suite.run(moved)["forget"].mean_nll, rel=1e-5)
+
+
+def test_weight_distance_in_slices_of_rows_equals_whole_tensors(micro, micro_target, monkeypatch):
+    """Large tensors are compared and interpolated a slice of rows at a time: the same
+    interpolated weights (bit for bit, so the same curve) and the same distances up to the
+    order of the sums."""
+    full = micro[0]
+    moved = full.copy()
+    with torch.no_grad():
+        for p in moved.model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())) * 1e-3)
+    suite = EvalSuite(full, {"forget": micro_target.all_forget_qa[:4]})
+    whole_d = distances(_weights(full), moved.model, "model.layers.", 2)
+    whole = interpolation(_weights(full), moved, suite, [0.0, 0.5])
+    monkeypatch.setattr(weight_distance, "CHUNK_ELEMENTS", 100)
+    largest = max(full.model.parameters(), key=lambda p: p.numel())
+    assert len(weight_distance._rows(tuple(largest.shape))) > 1  # the slices are really taken
+    state = _state(moved.model)
+    sliced_d = distances(_weights(full), moved.model, "model.layers.", 2)
+    assert interpolation(_weights(full), moved, suite, [0.0, 0.5]) == whole
+    assert _same(moved.model, state)
+    assert sliced_d["l2"] == pytest.approx(whole_d["l2"], rel=1e-6)
+    for g, v in whole_d["layers"].items():
+        assert sliced_d["layers"][g]["relative"] == pytest.approx(v["relative"], rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- through the API

@@ -149,12 +149,18 @@ def test_sites_and_the_logit_lens_resolve_through_the_peft_wrapper(family_subjec
     assert float(delta.detach().abs().max()) > 0
 
 
-def test_weight_attacks_measure_a_lora_subject_merged_and_leave_the_shared_base(micro, micro_target):
+@pytest.mark.parametrize("offload", ["auto", "disk"])
+def test_weight_attacks_measure_a_lora_subject_merged_and_leave_the_shared_base(micro, micro_target, offload,
+                                                                                monkeypatch, tmp_path):
+    """Merged in place (no copy of the model), the adapters' update is seen exactly as through a
+    merged copy; the shared base and the adapters are bit-identical after, and unmerged."""
     from unlearn_audit.attacks import get_attack
 
+    monkeypatch.setenv("UNLEARN_AUDIT_OFFLOAD", offload)
+    monkeypatch.setenv("UNLEARN_AUDIT_OFFLOAD_DIR", str(tmp_path))
     s = micro[0]  # the trained organism: its accuracies are not all zero, so they can differ
     u = unlearn(s, micro_target, "gradient_ascent", steps=3, lr=3e-3, lora_r=4)
-    before = _weights(s.model)
+    before, adapters = _weights(s.model), _weights(u.model)
     measured = {}
     for name, params in (("quantize", {"bits": [8]}), ("weight_distance", {"alphas": [0.0, 1.0]})):
         attack = get_attack(name)
@@ -163,6 +169,8 @@ def test_weight_attacks_measure_a_lora_subject_merged_and_leave_the_shared_base(
         measured[name] = attack._measure(u, setup, p, "unlearned")
         assert measured[name] == attack.measure(u.copy(merge=True), setup, p, "unlearned")
         assert all(torch.equal(q, before[n]) for n, q in s.model.named_parameters())
+        assert all(torch.equal(q, adapters[n]) for n, q in u.model.named_parameters())
+        assert not any(getattr(m, "merged", False) for m in u.model.modules())
     assert measured["weight_distance"]["l2"] > 0   # the adapters' update, seen through the merged weights
 
 

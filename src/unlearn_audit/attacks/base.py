@@ -9,10 +9,11 @@ Every attack is an :class:`Attack` subclass, which owns the loop: it measures th
 the oracle once (those measurements are the attack's ``references``, JSON values, so an
 experiment computes them once per target, stores them and shares them across its cells), then
 visits the unlearned models one at a time: ``measure`` each, ``score`` it against the two
-references. Each measurement runs with only the model it measures on the device (and the
-original, for an attack that compares weights or activations with it: ``uses_original``); the
-others are off it meanwhile (``subject/residency.py``). Adding an attack is one file in this package with ``@register_attack`` on its class
-(or a module named by an ``unlearn_audit.attacks`` entry point).
+references. Each measurement runs with only the model it measures on the device; the others
+are off it meanwhile (``subject/residency.py``), and what an attack compares with the original
+it keeps from ``setup`` (the original's activations, located vectors, parked weights). Adding
+an attack is one file in this package with ``@register_attack`` on its class (or a module named
+by an ``unlearn_audit.attacks`` entry point).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..errors import UserInputError
 from ..params import MAX_SEED, validate_params
 from ..registry import Registry
 from ..results.schema import AttackDeclaration
-from ..subject.lora import is_peft
+from ..subject.lora import is_peft, merged_in_place
 from ..subject.residency import resident
 
 
@@ -55,20 +56,18 @@ class Attack:
     Params: type[AttackParams] = AttackParams
     summary: str = ""
     declaration = AttackDeclaration()
-    # the attack reads or edits weights one by one: a subject with LoRA adapters is measured as
-    # a copy with the adapters merged in (one model's memory more while it is measured)
+    # the attack reads or edits weights one by one: a subject with LoRA adapters is measured
+    # with its adapters merged into its weights, in place (``subject/lora.py: merged_in_place``)
     merged_weights: bool = False
-    # ``measure`` reads the original's model (kept as ``setup["original"]``) beside the one it
-    # measures (patching, ablation, concept vectors, weight distance): both are on the device
-    uses_original: bool = False
 
     def _measure(self, subject, setup: Any, params, role: str) -> dict | None:
-        """``measure`` with only ``subject`` (and the original, where ``uses_original``) on the
-        device: every other model is off it meanwhile (``subject/residency.py``)."""
+        """``measure`` with only ``subject`` on the device: every other model is off it
+        meanwhile (``subject/residency.py``)."""
         # getattr: a subject without a model (the loop's tests use fake ones) has nothing to move
-        with resident(getattr(subject, "model", None), setup["original"].model if self.uses_original else None):
+        with resident(getattr(subject, "model", None)):
             if self.merged_weights and is_peft(subject.model):
-                subject = subject.copy(merge=True)
+                with merged_in_place(subject.model):
+                    return self.measure(subject, setup, params, role)
             return self.measure(subject, setup, params, role)
 
     def _setup(self, original, target, params, references: dict | None = None) -> Any:

@@ -14,7 +14,8 @@ shorter). For a group w with b bits, ``q_max = 2^(b-1) - 1`` (127 for int8, 7 fo
     scale = max|w| / q_max,     q(w) = clamp(round(w / scale), -q_max, q_max) * scale
 
 so ``|w - q(w)| <= scale / 2`` elementwise. Weights are quantized in place on the subject's own
-model and restored bit for bit in ``finally`` (no copy of the model is made).
+model and restored bit for bit in ``finally``; the full-precision weights wait off the device
+meanwhile (``subject/residency.py``: host memory, or a file), so no copy of the model is made.
 
 Evaluated for the original, the oracle and every unlearned model at each bit width: forget QA
 (both halves) and retain QA accuracy (a seeded sample of the retain QA as large as the forget
@@ -41,6 +42,7 @@ from pydantic import Field
 from ..errors import UserInputError
 from ..metrics.qa import EvalSuite
 from ..metrics.recovery import recovery, residual
+from ..subject import residency
 from ..subject.sites import decoder_layers
 from .base import Attack, AttackParams, register_attack, sample_items
 
@@ -91,19 +93,20 @@ def quantized(model, bits: int, group_size: int = 128) -> Iterator[int]:
     mods = quantizable(model)
     if not mods:
         raise UserInputError(f"quantize: {type(model).__name__} has no linear layers in its decoder blocks")
-    saved = []
+    # the full-precision weights wait where offloaded weights go (host memory, or a file), not
+    # beside the model on its device; each comes back alone
+    saved = residency.park({str(i): mod.weight.detach() for i, (_, mod, _) in enumerate(mods)}, copy=True)
     try:
         with torch.no_grad():
             for _, mod, transposed in mods:
-                saved.append((mod, mod.weight.detach().clone()))
                 w = mod.weight.T if transposed else mod.weight
                 q, _ = quantize_dequantize(w, bits, group_size)
                 mod.weight.copy_(q.T if transposed else q)
         yield len(mods)
     finally:
         with torch.no_grad():
-            for mod, w in saved:
-                mod.weight.copy_(w)
+            for i, (_, mod, _) in enumerate(mods):
+                mod.weight.copy_(saved.get(str(i)))
 
 
 def _accuracies(subject, suite: EvalSuite, bits: list[int], group_size: int) -> dict:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -21,7 +22,7 @@ from ..errors import UserInputError
 from ..params import LoraSettings
 
 __all__ = ["LoraSettings", "adapter_parameters", "base_model", "copy_adapters", "copy_sharing", "is_peft",
-           "merged", "require_peft", "with_lora"]
+           "merged", "merged_in_place", "plain_parameters", "require_peft", "with_lora"]
 
 
 def is_peft(model) -> bool:
@@ -82,6 +83,41 @@ def merged(model: torch.nn.Module) -> torch.nn.Module:
     whole = copy.deepcopy(model).merge_and_unload()
     whole.requires_grad_(True)
     return whole
+
+
+@contextmanager
+def merged_in_place(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """A PEFT model with its adapters merged into its base weights for the block (PEFT's
+    ``merge_adapter``: the same ``W + (alpha / r) B A`` as :func:`merged`, without a copy of the
+    model); the base weights, which other models share, are restored bit for bit when the block
+    ends, from a copy kept off the device meanwhile (``subject/residency.py``). Any other model
+    as it is."""
+    if not is_peft(model):
+        yield model
+        return
+    from . import residency
+
+    layers = [m for m in model.modules() if hasattr(m, "lora_A") and callable(getattr(m, "get_base_layer", None))]
+    saved = residency.park({str(i): m.get_base_layer().weight.detach() for i, m in enumerate(layers)}, copy=True)
+    try:
+        with torch.no_grad():
+            model.merge_adapter()
+        yield model
+    finally:
+        with torch.no_grad():
+            model.unmerge_adapter()  # PEFT's own state (which adapters are merged) back to none
+            for i, m in enumerate(layers):
+                m.get_base_layer().weight.copy_(saved.get(str(i)))
+
+
+def plain_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """``named_parameters`` as the model without adapters names them: a PEFT model's adapter
+    parameters left out and its wrapped layers' weights under their own names (so that a LoRA
+    subject's weights line up with the original's; merged first, they are its whole weights).
+    Tied weights appear once."""
+    if not is_peft(model):
+        return dict(model.named_parameters())
+    return {n.replace(".base_layer.", "."): p for n, p in base_model(model).named_parameters() if "lora_" not in n}
 
 
 def adapter_parameters(model: torch.nn.Module, module: torch.nn.Module | None = None) -> list[torch.nn.Parameter]:

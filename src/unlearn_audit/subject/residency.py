@@ -165,8 +165,9 @@ def resident(*models: torch.nn.Module | None) -> Iterator[None]:
 class Parked:
     """Tensors set aside until needed (see :func:`park`); a file of them is deleted with this."""
 
-    def __init__(self, tensors: dict[str, torch.Tensor], how: str):
+    def __init__(self, tensors: dict[str, torch.Tensor], how: str, copy: bool = False):
         self.devices = {k: t.device for k, t in tensors.items()}
+        self.shapes = {k: tuple(t.shape) for k, t in tensors.items()}
         self.path = None
         if how == "disk" and tensors:
             from safetensors.torch import save_file
@@ -178,16 +179,34 @@ class Parked:
             save_file({k: t.detach().contiguous() for k, t in tensors.items()}, self.path)
             self.tensors = {}
         elif how == "none":
-            self.tensors = dict(tensors)
+            self.tensors = {k: t.detach().clone() if copy else t for k, t in tensors.items()}
         else:
-            self.tensors = {k: t.to("cpu") for k, t in tensors.items()}
+            self.tensors = {k: t.detach().to("cpu", copy=copy) for k, t in tensors.items()}
+
+    def keys(self):
+        return self.shapes.keys()
+
+    def get(self, key: str, rows: slice | None = None) -> torch.Tensor:
+        """One parked tensor (``rows``: only that slice of its first dimension), on the device it
+        came from; only that much is read from a file."""
+        device = self.devices[key]
+        if self.path is not None:
+            from safetensors import safe_open
+
+            with safe_open(self.path, "pt", device="cpu") as f:
+                t = f.get_tensor(key) if rows is None else f.get_slice(key)[rows]
+            return t.to(device)
+        t = self.tensors[key]
+        return (t if rows is None else t[rows]).to(device)
 
 
-def park(tensors: dict[str, torch.Tensor]) -> Parked:
+def park(tensors: dict[str, torch.Tensor], copy: bool = False) -> Parked:
     """Set ``tensors`` aside where offloaded parameters go (host memory, a temporary file under
     ``disk``, nowhere under ``none``): what a step needs one piece at a time and was computed
-    from a model that is off the device by then (reference outputs, recorded activations)."""
-    return Parked(tensors, mode())
+    from a model that is off the device by then (reference outputs, recorded activations).
+    ``copy``: the parked tensors never share memory with ``tensors`` (weights saved before they
+    are overwritten in place); otherwise a CPU tensor under ``auto`` is parked as itself."""
+    return Parked(tensors, mode(), copy)
 
 
 def unpark(parked: Parked) -> dict[str, torch.Tensor]:
