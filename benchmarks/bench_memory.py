@@ -4,12 +4,13 @@
 
 Process RSS of a tiny model hides copies (allocator pools, shared pages), so this counts what a
 GPU would have to hold: at every optimiser step, after every ``Subject.copy`` and after every
-measurement, at every forward pass of a Subject's model, the bytes of all live floating-point tensors (unique storages found by the garbage
-collector, plus each parameter's ``.grad``), divided by the bytes of one model's parameters.
+measurement, and at forward passes of a Subject's model during an attack (see
+:func:`instrument`), the bytes of all live floating-point tensors (unique storages found by
+the garbage collector, plus each parameter's ``.grad``), divided by the bytes of one model's
+parameters.
 
-The models the call is given count too: a method is run with the original resident (1.0x
-before it starts), an attack with the original, the oracle and one unlearned model (3.0x
-between its steps). Inside a step only the models it uses stay on the device
+Everything runs as a study runs it (``run_experiment``: ``residency.off_device_at_rest``):
+between steps no model is on the device, and each step brings in only the models it uses
 (``subject/residency.py``); on an accelerator the others go to host memory. This CPU run sets
 ``UNLEARN_AUDIT_OFFLOAD=disk`` (``--offload``) so that they leave memory the garbage collector
 sees, as they leave a GPU; the figure is what the compute device holds.
@@ -45,6 +46,7 @@ from unlearn_audit.subject import residency  # noqa: E402
 from unlearn_audit.subject.subject import Subject  # noqa: E402
 
 CHEAP_METHOD = {"steps": 3, "reinforce_steps": 2, "v_steps": 2, "search_steps": 2}
+EVERY_NTH_FORWARD = 25
 CHEAP_ATTACK = {"checkpoints": [0, 2], "bootstrap": 0, "reemergence": False, "max_questions": 4,
                 "max_new_tokens": 8, "shots": [0, 1], "bits": [8], "alphas": [0.0, 1.0]}
 
@@ -79,6 +81,7 @@ class Peak:
     def __init__(self):
         self.value = 0
         self.active = False
+        self.forwards = False  # sample at forward passes too (attacks only; see instrument)
 
     def sample(self, *_):
         if self.active:
@@ -99,10 +102,27 @@ def instrument(peak: Peak) -> None:
 
     faults.point = point
     Subject.copy = copy
-    # inside a measurement too: at every forward pass of a Subject's model (weight clones that
-    # live only while an evaluation runs are seen there)
-    torch.nn.modules.module.register_module_forward_pre_hook(
-        lambda module, args: peak.sample() if module in residency._TRACKED else None)
+    # inside an attack's measurement too, at forward passes of a Subject's model: weight clones
+    # that live only while an evaluation runs are seen there. (Not for methods: there the issue's
+    # points are the optimiser steps and copies; a forward in the middle of a training step also
+    # sees the activations kept for backward, which on a 0.6 MB model outweigh it many times and
+    # at 7B are a separate budget.) A full count per forward (every generated
+    # token is one) would take hours, so a forward is sampled when the tracked models' parameter
+    # storages differ from the last sampled forward's (a model moved on or off the device, its
+    # weights swapped, merged or restored), and every EVERY_NTH_FORWARD-th forward besides
+    # (temporaries that change no parameter: per-batch recorded activations).
+    last = {"storages": None, "forwards": 0}
+
+    def on_forward(module, args):
+        if not (peak.active and peak.forwards) or module not in residency._TRACKED:
+            return
+        last["forwards"] += 1
+        storages = tuple(p.untyped_storage().data_ptr() for m in list(residency._TRACKED) for p in m.parameters())
+        if storages != last["storages"] or last["forwards"] % EVERY_NTH_FORWARD == 0:
+            last["storages"] = storages
+            peak.sample()
+
+    torch.nn.modules.module.register_module_forward_pre_hook(on_forward)
     ATTACKS.load()
     for attack in set(type(a) for a in ATTACKS.values()):
         measure = attack.measure
@@ -132,16 +152,20 @@ def main() -> None:
         CHEAP_METHOD["lora_r"] = CHEAP_ATTACK["lora_r"] = args.lora
     torch.set_num_threads(2)
     cache = os.environ.get("UNLEARN_AUDIT_TEST_CACHE", ".cache/test-organisms")
-    full = organism("micro", 0, cache_dir=cache)[0]   # the oracle is loaded for the attacks only
+    full, oracle = organism("micro", 0, cache_dir=cache)
     target = target_for("world:0", full)
     model_bytes = sum(p.untyped_storage().nbytes() for p in full.model.parameters())
     peak = Peak()
     instrument(peak)
-
-    from unlearn_audit.methods import get_method
-
     lora = f", LoRA r={args.lora} where a method or attack takes it" if args.lora else ""
     print(f"micro organism: {model_bytes / 1e6:.2f} MB of parameters (fp32){lora}; offload: {args.offload}\n")
+    with residency.off_device_at_rest():
+        measure_all(args, full, oracle, target, model_bytes, peak)
+
+
+def measure_all(args, full, oracle, target, model_bytes: int, peak: Peak) -> None:
+    from unlearn_audit.methods import get_method
+
     print("| method | kind | peak live tensors / model bytes |")
     print("|---|---|---|")
     methods = args.methods.split(",") if args.methods else method_names()
@@ -157,18 +181,18 @@ def main() -> None:
 
     # with --lora the attacks measure a LoRA-unlearned model (adapters over the shared base)
     unlearned = unlearn(full, target, "gradient_ascent", steps=3, **({"lora_r": args.lora} if args.lora else {}))
-    oracle = organism("micro", 0, cache_dir=cache)[1]
     gc.collect()
-    print(f"\nresident between the attacks' steps (original, oracle, one unlearned): {live_bytes() / model_bytes:.2f}x")
+    print(f"\non the device between steps (a study holds the original, the oracle and an unlearned model): "
+          f"{live_bytes() / model_bytes:.2f}x")
     print("\n| attack | peak live tensors / model bytes during its measurements |")
     print("|---|---|")
     for name in (args.attacks.split(",") if args.attacks else attack_names()):
         attack = get_attack(name)
         params = attack.params(fields(attack.Params, CHEAP_ATTACK))
         gc.collect()
-        peak.value, peak.active = 0, True
+        peak.value, peak.active, peak.forwards = 0, True, True
         attack.run(full, {"gradient_ascent": unlearned}, oracle, target, params)
-        peak.active = False
+        peak.active = peak.forwards = False
         print(f"| {name} | {peak.value / model_bytes:.2f}x |", flush=True)
 
 

@@ -4,6 +4,7 @@ change where tensors are, never a number."""
 
 from __future__ import annotations
 
+import gc
 import glob
 import os
 
@@ -135,7 +136,7 @@ def test_the_original_is_off_the_device_while_its_copy_trains_and_nothing_change
     assert seen and all(s == (0, 0) for s in seen)
     assert same(state(moved.model), state(kept.model))
     assert same(state(original.model), before) and spill_files(tmp_path) == []
-    assert residency._AWAY == {}
+    assert len(residency._AWAY) == 0
 
 
 CHEAP_ATTACK = {"checkpoints": [0, 2], "bootstrap": 0, "reemergence": True, "max_questions": 4,
@@ -174,7 +175,7 @@ def test_every_attack_measures_one_model_at_a_time_with_the_same_numbers(micro, 
     assert {a for a, _, _ in on_device} == set(names)
     for attack, role, resident_now in on_device:
         assert resident_now == {role}, (attack, role)
-    assert spill_files(tmp_path) == [] and residency._AWAY == {}
+    assert spill_files(tmp_path) == [] and len(residency._AWAY) == 0
 
 
 def test_parameters_that_share_storage_come_back_sharing_it(micro, disk):
@@ -191,3 +192,57 @@ def test_parameters_that_share_storage_come_back_sharing_it(micro, disk):
     assert [p.data_ptr() for p in sharing.model.parameters()] == [p.data_ptr() for p in original.model.parameters()]
     with resident(sharing.model):  # one resident: the storage it shares stays
         assert [p.data_ptr() for p in original.model.parameters()] == [p.data_ptr() for p in sharing.model.parameters()]
+
+
+def test_off_device_at_rest_a_model_is_on_only_in_a_block_that_names_it_or_made_it(micro, disk):
+    original, oracle = micro
+    kept = {"original": state(original.model), "oracle": state(oracle.model)}
+
+    def on(model) -> bool:
+        return all(p.numel() for p in model.parameters())
+
+    with residency.off_device_at_rest():
+        assert not on(original.model) and not on(oracle.model)
+        with resident(original.model):
+            assert on(original.model) and not on(oracle.model)
+            made = original.copy()  # made inside: part of the block's work
+            assert on(made.model)
+            with resident(made.model):
+                assert on(made.model) and not on(original.model)
+            assert on(made.model) and on(original.model) and not on(oracle.model)
+        assert not on(original.model) and not on(made.model)
+    assert on(original.model) and on(oracle.model) and on(made.model)  # every model back
+    assert same(state(original.model), kept["original"]) and same(state(oracle.model), kept["oracle"])
+    assert same(state(made.model), kept["original"])
+    assert spill_files(disk) == [] and len(residency._AWAY) == 0
+
+
+def test_a_study_keeps_no_model_on_the_device_between_its_steps_and_its_numbers(matrix_reference, disk, tmp_path,
+                                                                                monkeypatch):
+    """The runner's cells (unlearn, evaluate, attack) under disk offload: before every attack no
+    model is on the device, and results.json equals the run that moved nothing."""
+    import json
+
+    from matrix import without_timings, write_experiment
+
+    from unlearn_audit import faults
+    from unlearn_audit.experiment.config import load_experiment
+    from unlearn_audit.experiment.runner import run_experiment
+
+    between: list[int] = []
+    point = faults.point
+
+    def counting(name):
+        if name == "attack":
+            between.append(sum(all(p.numel() for p in m.parameters()) for m in list(residency._TRACKED)))
+        point(name)
+
+    monkeypatch.setattr(faults, "point", counting)
+    exp, text = load_experiment(write_experiment(tmp_path / "exp.yaml", tmp_path / "run"))
+    run = run_experiment(exp, text)
+    assert between and set(between) == {0}
+    moved = json.loads((tmp_path / "run" / "results.json").read_text())
+    kept = json.loads((matrix_reference[0] / "results.json").read_text())
+    assert without_timings(moved) == without_timings(kept)
+    gc.collect()  # the cells' unlearned models, discarded while away, take their copies with them
+    assert run.failed == {} and len(residency._AWAY) == 0 and spill_files(disk) == []

@@ -19,6 +19,7 @@ from .data.target import Target, load_target
 from .errors import UserInputError
 from .organisms import organism_world
 from .results.schema import target_document
+from .subject.residency import resident
 from .subject.subject import Subject
 
 DEFAULT_ATTACKS = ("rtt", "forget_data", "unrelated", "patching", "logit_lens", "ablation", "probe", "concept_vectors",
@@ -55,10 +56,11 @@ class Evaluator:
         from .metrics.qa import EvalSuite
 
         self.target = target
-        self.suite = EvalSuite(original, target.eval_sets())
         sets = target.eval_sets()
         self.agreement_sets = {k: sets[k] for k in AGREEMENT_SETS if k in sets} if agreement else {}
-        self.reference_answers = {k: generate_answers(original, v) for k, v in self.agreement_sets.items()}
+        with resident(original.model):
+            self.suite = EvalSuite(original, sets)
+            self.reference_answers = {k: generate_answers(original, v) for k, v in self.agreement_sets.items()}
         self.text = target.unrelated_text or target.retain_text
 
     def __call__(self, subject: Subject) -> dict:
@@ -66,11 +68,12 @@ class Evaluator:
         from .metrics.generation import agreement, generate_answers
         from .metrics.text import perplexity
 
-        out = summarise(self.suite.run(subject))
-        out["agreement_with_original"] = {
-            k: agreement(generate_answers(subject, items), self.reference_answers[k])
-            for k, items in self.agreement_sets.items()}
-        out["perplexity"] = perplexity(subject, self.text[:500]) if self.text else None
+        with resident(subject.model):
+            out = summarise(self.suite.run(subject))
+            out["agreement_with_original"] = {
+                k: agreement(generate_answers(subject, items), self.reference_answers[k])
+                for k, items in self.agreement_sets.items()}
+            out["perplexity"] = perplexity(subject, self.text[:500]) if self.text else None
         return out
 
 

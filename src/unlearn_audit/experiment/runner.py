@@ -24,6 +24,7 @@ from ..errors import RunError, UnlearnAuditError
 from ..files import prepare_output_dir
 from ..results.schema import run_document, target_document
 from ..results.store import write_store
+from ..subject.residency import off_device_at_rest
 from .checkpoint import (
     FORMAT,
     RunLock,
@@ -229,7 +230,8 @@ def run_experiment(exp: Experiment, source_text: str | None = None, *, out: str 
                      f"earlier, {len(cells) - len(reused)} to run; run directory {progress.plain(out)}")
         shared: dict[tuple[str, int], dict] = {}
         start = time.perf_counter()
-        with progress.bar("experiment", len(cells)) as overall:
+        # between steps no model waits on the device: each step brings in the ones it uses
+        with progress.bar("experiment", len(cells)) as overall, off_device_at_rest():
             overall.advance(len(reused), info=f"{len(reused)} finished earlier" if reused else "")
             for target in exp.targets:
                 for seed in exp.seeds:

@@ -92,8 +92,9 @@ class Method:
             raise UserInputError(f"{subject.name} carries LoRA adapters; unlearn a merged model instead "
                                  "(unlearn-audit unlearn ... --merge saves one)")
         lora = lora_settings(params)
-        unlearned = subject.copy(name=f"{subject.name}+{self.name}", lora=lora)
-        details = self.apply(unlearned, subject, target, params) or {}
+        with resident(subject.model):  # and the copy, made inside: both, and no other model
+            unlearned = subject.copy(name=f"{subject.name}+{self.name}", lora=lora)
+            details = self.apply(unlearned, subject, target, params) or {}
         unlearned.info = {**unlearned.info, "method": {"name": self.name, "params": params.model_dump(), **details}}
         if lora is not None:  # where the saved adapters' base is (subject.save writes adapters only)
             unlearned.info["lora_base"] = subject.path or subject.name

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 MODES = ("auto", "host", "disk", "none")
 
@@ -40,12 +41,14 @@ _TRACKED: weakref.WeakSet = weakref.WeakSet()  # every Subject's model
 class _Group:
     """Parameters that share one storage (tied weights, a LoRA copy's base and the model it was
     copied from), moved off their device together and brought back as one tensor again, so
-    that sharing survives the round trip."""
+    that sharing survives the round trip. It holds its parameters weakly: a model discarded
+    while away (a cell's unlearned model) frees its host copy and, with the last of its file's
+    groups, the file."""
 
-    __slots__ = ("params", "device", "file", "key", "host")
+    __slots__ = ("params", "device", "file", "key", "host", "__weakref__")
 
     def __init__(self, params: list[torch.nn.Parameter]):
-        self.params, self.device = params, params[0].device
+        self.params, self.device = [weakref.ref(p) for p in params], params[0].device
         self.file: _SpillFile | None = None
         self.key, self.host = "", None
 
@@ -59,6 +62,7 @@ class _SpillFile:
         fd, self.path = tempfile.mkstemp(prefix="unlearn-audit-offload-", suffix=".safetensors",
                                          dir=os.environ.get("UNLEARN_AUDIT_OFFLOAD_DIR") or None)
         os.close(fd)
+        weakref.finalize(self, _unlink, self.path)  # also when its groups are discarded away
         save_file({k: t.detach().contiguous() for k, t in tensors.items()}, self.path)
         self.left = len(tensors)
 
@@ -69,11 +73,20 @@ class _SpillFile:
             t = f.get_tensor(key)
         self.left -= 1
         if self.left == 0:
-            os.unlink(self.path)
+            _unlink(self.path)
         return t
 
 
-_AWAY: dict[int, _Group] = {}  # id(parameter) -> the group it is away with
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+# parameter -> the group it is away with; keyed by identity and held weakly (a parameter that
+# dies while away is forgotten, and its id may be reused by a new one)
+_AWAY = WeakIdKeyDictionary()
 
 
 def _storage(p: torch.nn.Parameter) -> tuple:
@@ -82,8 +95,10 @@ def _storage(p: torch.nn.Parameter) -> tuple:
 
 
 def track(model: torch.nn.Module) -> None:
-    """Let :func:`resident` move ``model`` off its device (every Subject's model is tracked)."""
+    """Let :func:`resident` move ``model`` off its device (every Subject's model is tracked). A
+    model made inside a :func:`resident` block joins it."""
     _TRACKED.add(model)
+    _join_block(model)
 
 
 def mode() -> str:
@@ -107,26 +122,28 @@ def _offload(params: list[torch.nn.Parameter], how: str) -> list[_Group]:
         if p.device.type == "meta" or not p.numel() or (how != "disk" and p.device.type == "cpu"):
             continue
         by_storage.setdefault(_storage(p), []).append(p)
-    groups = [_Group(ps) for ps in by_storage.values()]
+    grouped = list(by_storage.values())
+    groups = [_Group(ps) for ps in grouped]
     if how == "disk" and groups:
-        spill = _SpillFile({str(i): g.params[0].data for i, g in enumerate(groups)})
+        spill = _SpillFile({str(i): ps[0].data for i, ps in enumerate(grouped)})
         for i, g in enumerate(groups):
             g.file, g.key = spill, str(i)
-    for g in groups:
+    for g, ps in zip(groups, grouped, strict=True):
         if g.file is None:
-            g.host = g.params[0].data.to("cpu")
-        placeholder = torch.empty(0, dtype=g.params[0].dtype, device=g.device) if g.file is not None else g.host
-        for p in g.params:
-            _AWAY[id(p)] = g
+            g.host = ps[0].data.to("cpu")
+        placeholder = torch.empty(0, dtype=ps[0].dtype, device=g.device) if g.file is not None else g.host
+        for p in ps:
+            _AWAY[p] = g
             p.data = placeholder
     return groups
 
 
 def _onload(groups: list[_Group]) -> None:
     for g in groups:
+        alive = [p for r in g.params if (p := r()) is not None]
         t = g.file.take(g.key, g.device) if g.file is not None else g.host.to(g.device)
-        for p in g.params:
-            del _AWAY[id(p)]
+        for p in alive:
+            del _AWAY[p]
             p.data = t
         g.host = None
 
@@ -134,32 +151,79 @@ def _onload(groups: list[_Group]) -> None:
 def _groups_of(params) -> list[_Group]:
     """The groups the away ones of ``params`` are in now (a nested block may have brought a
     group back and moved it off again as a new one)."""
-    return list({id(_AWAY[id(p)]): _AWAY[id(p)] for p in params if id(p) in _AWAY}.values())
+    return list({id(g): g for p in params if (g := _AWAY.get(p)) is not None}.values())
+
+
+def _away(p: torch.nn.Parameter) -> bool:
+    return p in _AWAY
+
+
+# the open resident() blocks, innermost last: per block, the models it names (weak references:
+# a model made inside a block joins it, and a block must not keep a discarded copy alive)
+_BLOCKS: list[list[weakref.ref]] = []
+_OFF_AT_REST = [0]  # depth of off_device_at_rest() blocks
+
+
+def _named(block: list[weakref.ref]) -> list[torch.nn.Module]:
+    return [m for r in block if (m := r()) is not None]
+
+
+def _settle(keep: list[torch.nn.Module], how: str) -> None:
+    """Of the tracked models, put exactly ``keep`` (and what they share) on their devices."""
+    keep_params = [p for m in keep for p in _params(m)]
+    _onload(_groups_of(keep_params))
+    kept = {_storage(p) for p in keep_params}
+    others: dict[int, torch.nn.Parameter] = {}
+    for model in list(_TRACKED):
+        if not any(model is m for m in keep):
+            others.update((id(p), p) for p in _params(model) if not _away(p) and _storage(p) not in kept)
+    _offload(list(others.values()), how)
+
+
+def _join_block(model: torch.nn.Module) -> None:
+    """A model made inside a block is part of that block's work (a copy being trained): it stays
+    on the device until the block ends."""
+    if _BLOCKS:
+        _BLOCKS[-1].append(weakref.ref(model))
 
 
 @contextmanager
 def resident(*models: torch.nn.Module | None) -> Iterator[None]:
-    """A block in which, of the tracked models, only ``models`` (None entries ignored) have
-    their parameters on their device; see the module docstring."""
+    """A block in which, of the tracked models, only ``models`` (None entries ignored) and the
+    models made inside it have their parameters on their device; see the module docstring."""
     how = mode()
     if how == "none":
         yield
         return
-    keep = [m for m in models if m is not None]
-    back = [p for g in _groups_of(p for m in keep for p in _params(m)) for p in g.params]
-    _onload(_groups_of(back))  # moved off by an outer block
-    away: list[torch.nn.Parameter] = []
+    _BLOCKS.append([weakref.ref(m) for m in models if m is not None])
     try:
-        kept = {_storage(p) for m in keep for p in _params(m)}
-        others: dict[int, torch.nn.Parameter] = {}
-        for model in list(_TRACKED):
-            if not any(model is m for m in keep):
-                others.update((id(p), p) for p in _params(model) if id(p) not in _AWAY and _storage(p) not in kept)
-        away = [p for g in _offload(list(others.values()), how) for p in g.params]
+        _settle(_named(_BLOCKS[-1]), how)
         yield
     finally:
-        _onload(_groups_of(away))
-        _offload(back, how)
+        _BLOCKS.pop()
+        if _BLOCKS:
+            _settle(_named(_BLOCKS[-1]), how)
+        elif _OFF_AT_REST[0]:
+            _settle([], how)
+        else:  # outside every block, every model is on its device
+            _onload(_groups_of(p for m in list(_TRACKED) for p in _params(m)))
+
+
+@contextmanager
+def off_device_at_rest() -> Iterator[None]:
+    """A block (a run of a study) in which a tracked model is on its device only inside a
+    :func:`resident` block that names it (or in which it was made): between steps no model is,
+    so a study's original, oracle and unlearned models never wait on the device together. Every
+    step inside must name the models it computes with. When the block ends, every model is back."""
+    _OFF_AT_REST[0] += 1
+    try:
+        if not _BLOCKS and mode() != "none":
+            _settle([], mode())
+        yield
+    finally:
+        _OFF_AT_REST[0] -= 1
+        if not _BLOCKS and not _OFF_AT_REST[0] and mode() != "none":
+            _onload(_groups_of(p for m in list(_TRACKED) for p in _params(m)))
 
 
 class Parked:
