@@ -4,8 +4,8 @@
 
 Process RSS of a tiny model hides copies (allocator pools, shared pages), so this counts what a
 GPU would have to hold: at every optimiser step, after every ``Subject.copy`` and after every
-measurement, and at forward passes of a Subject's model during an attack (see
-:func:`instrument`), the bytes of all live floating-point tensors (unique storages found by
+measurement, and at forward passes of a Subject's model during an attack (parameter-shaped
+tensors only there; see :func:`instrument`), the bytes of all live floating-point tensors (unique storages found by
 the garbage collector, plus each parameter's ``.grad``), divided by the bytes of one model's
 parameters.
 
@@ -103,24 +103,25 @@ def instrument(peak: Peak) -> None:
     faults.point = point
     Subject.copy = copy
     # inside an attack's measurement too, at forward passes of a Subject's model: weight clones
-    # that live only while an evaluation runs are seen there. (Not for methods: there the issue's
-    # points are the optimiser steps and copies; a forward in the middle of a training step also
-    # sees the activations kept for backward, which on a 0.6 MB model outweigh it many times and
-    # at 7B are a separate budget.) A full count per forward (every generated
-    # token is one) would take hours, so a forward is sampled when the tracked models' parameter
-    # storages differ from the last sampled forward's (a model moved on or off the device, its
-    # weights swapped, merged or restored), and every EVERY_NTH_FORWARD-th forward besides
-    # (temporaries that change no parameter: per-batch recorded activations).
+    # that live only while an evaluation runs are seen there. Only parameter-shaped tensors
+    # count at a forward: its inputs and the evaluation's activations (one batch's logits weigh
+    # ten of these 0.6 MB models, and 0.04x of a 7B one) are a budget apart from the weights.
+    # Methods are not sampled at forwards (their points are the optimiser steps and copies).
+    # A count per forward (every generated token is one) would take hours, so a forward is
+    # sampled when the tracked models' parameter storages differ from the last sampled
+    # forward's (a model moved on or off the device, its weights swapped, merged or restored),
+    # and every EVERY_NTH_FORWARD-th forward besides.
     last = {"storages": None, "forwards": 0}
 
     def on_forward(module, args):
         if not (peak.active and peak.forwards) or module not in residency._TRACKED:
             return
         last["forwards"] += 1
-        storages = tuple(p.untyped_storage().data_ptr() for m in list(residency._TRACKED) for p in m.parameters())
+        models = list(residency._TRACKED)
+        storages = tuple(p.untyped_storage().data_ptr() for m in models for p in m.parameters())
         if storages != last["storages"] or last["forwards"] % EVERY_NTH_FORWARD == 0:
             last["storages"] = storages
-            peak.sample()
+            peak.sample(shapes={tuple(p.shape) for m in models for p in m.parameters()})
 
     torch.nn.modules.module.register_module_forward_pre_hook(on_forward)
     ATTACKS.load()

@@ -18,6 +18,10 @@ Where parameters go is the offload mode, ``UNLEARN_AUDIT_OFFLOAD``:
   (``benchmarks/bench_memory.py``);
 - ``none``: nothing moves.
 
+A study (``experiment/runner.py``) runs inside :func:`off_device_at_rest`: there no model is on
+its device between steps, and every step names the models it computes with (evaluation, method
+runs, attack setups and measurements do).
+
 A parameter moved to disk is an empty tensor while it is away: code that touches a model outside
 the block that names it fails loudly instead of reading stale weights.
 """
