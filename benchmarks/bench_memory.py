@@ -51,11 +51,11 @@ CHEAP_ATTACK = {"checkpoints": [0, 2], "bootstrap": 0, "reemergence": False, "ma
                 "max_new_tokens": 8, "shots": [0, 1], "bits": [8], "alphas": [0.0, 1.0]}
 
 
-def live_bytes() -> int:
+def live_bytes(shapes: set | None = None) -> int:
     """Bytes of every live floating-point tensor's storage (each storage once) and of every
     parameter's grad. Integer tensors are the encoded data sets (token ids, masks, labels):
     against a 0.6 MB model they weigh several models, against a 7B one nothing, and they stay
-    in host memory; they are left out."""
+    in host memory; they are left out. ``shapes``: count only tensors of these shapes."""
     seen: dict[int, int] = {}
     for obj in gc.get_objects():
         try:
@@ -68,7 +68,7 @@ def live_bytes() -> int:
             if isinstance(t, torch.nn.Parameter) and t.grad is not None:
                 tensors.append(t.grad)
         for t in tensors:
-            if t.device.type == "meta" or not t.is_floating_point():
+            if t.device.type == "meta" or not t.is_floating_point() or (shapes is not None and tuple(t.shape) not in shapes):
                 continue
             storage = t.untyped_storage()
             seen[storage.data_ptr()] = storage.nbytes()
@@ -83,9 +83,9 @@ class Peak:
         self.active = False
         self.forwards = False  # sample at forward passes too (attacks only; see instrument)
 
-    def sample(self, *_):
+    def sample(self, *_, shapes: set | None = None):
         if self.active:
-            self.value = max(self.value, live_bytes())
+            self.value = max(self.value, live_bytes(shapes))
 
 
 def instrument(peak: Peak) -> None:
