@@ -46,6 +46,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from functools import partial
 from typing import Literal
 
 import torch
@@ -279,7 +280,7 @@ def krs_profile(original, unlearned, items: Sequence[QA], params: PatchingParams
                 mse[name].append(patch_windows(model_u, dev, cached, wins, kinds, vs_vanilla, params.max_rows).cpu())
             vv = []
             for win in wins:
-                with patched_weights(model_u, {layer: _unparked(rec["value_vectors"][layer]) for layer in win}):
+                with patched_weights(model_u, {layer: partial(_unparked, rec["value_vectors"][layer]) for layer in win}):
                     vv.append(per_row_mse(forward_logits(model_u, dev), logits_v, mask).cpu())
             mse["value_vectors"].append(torch.stack(vv))
             # content control: coefficients from another entity's question, recipient's answer

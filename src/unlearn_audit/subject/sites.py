@@ -294,21 +294,25 @@ def hooks(model, fns: Mapping[Site, HookFn]) -> Iterator[None]:
 
 
 @contextmanager
-def patched_weights(model, values: Mapping[int, torch.Tensor]) -> Iterator[None]:
-    """Temporarily replace the value vectors of the given layers (``{layer: (d_mlp, d_model)}``);
-    the original weights are restored on exit, always."""
+def patched_weights(model, values: Mapping[int, torch.Tensor | Callable[[], torch.Tensor]]) -> Iterator[None]:
+    """Temporarily replace the value vectors of the given layers (``{layer: (d_mlp, d_model)}``,
+    or a function returning them, called when that layer is replaced: one layer's new values on
+    the device at a time); the original weights are restored on exit, always, bit for bit. They
+    wait where offloaded weights go (``subject/residency.py``), not beside the model."""
+    from . import residency
+
     saved = {}
     try:
         with torch.no_grad():
             for layer, new in values.items():
                 view = value_vectors(model, layer)
-                saved[layer] = view.detach().clone()
-                view.copy_(new)
+                saved[layer] = residency.park({"w": view}, copy=True)
+                view.copy_(new() if callable(new) else new)
         yield
     finally:
         with torch.no_grad():
             for layer, old in saved.items():
-                value_vectors(model, layer).copy_(old)
+                value_vectors(model, layer).copy_(old.get("w"))
 
 
 class _Stop(Exception):
