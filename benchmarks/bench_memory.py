@@ -5,9 +5,9 @@
 Process RSS of a tiny model hides copies (allocator pools, shared pages), so this counts what a
 GPU would have to hold: at every optimiser step, after every ``Subject.copy`` and after every
 measurement, and at forward passes of a Subject's model during an attack (parameter-shaped
-tensors only there; see :func:`instrument`), the bytes of all live floating-point tensors (unique storages found by
-the garbage collector, plus each parameter's ``.grad``), divided by the bytes of one model's
-parameters.
+tensors only there; see :func:`instrument`), the bytes of all live floating-point tensors
+(unique storages found by the garbage collector, plus each parameter's ``.grad``), divided by
+the bytes of one model's parameters.
 
 Everything runs as a study runs it (``run_experiment``: ``residency.off_device_at_rest``):
 between steps no model is on the device, and each step brings in only the models it uses
@@ -46,9 +46,9 @@ from unlearn_audit.subject import residency  # noqa: E402
 from unlearn_audit.subject.subject import Subject  # noqa: E402
 
 CHEAP_METHOD = {"steps": 3, "reinforce_steps": 2, "v_steps": 2, "search_steps": 2}
-EVERY_NTH_FORWARD = 25
 CHEAP_ATTACK = {"checkpoints": [0, 2], "bootstrap": 0, "reemergence": False, "max_questions": 4,
                 "max_new_tokens": 8, "shots": [0, 1], "bits": [8], "alphas": [0.0, 1.0]}
+EVERY_NTH_FORWARD = 25  # see instrument
 
 
 def live_bytes(shapes: set | None = None) -> int:

@@ -158,10 +158,6 @@ def _groups_of(params) -> list[_Group]:
     return list({id(g): g for p in params if (g := _AWAY.get(p)) is not None}.values())
 
 
-def _away(p: torch.nn.Parameter) -> bool:
-    return p in _AWAY
-
-
 # the open resident() blocks, innermost last: per block, the models it names (weak references:
 # a model made inside a block joins it, and a block must not keep a discarded copy alive)
 _BLOCKS: list[list[weakref.ref]] = []
@@ -180,7 +176,7 @@ def _settle(keep: list[torch.nn.Module], how: str) -> None:
     others: dict[int, torch.nn.Parameter] = {}
     for model in list(_TRACKED):
         if not any(model is m for m in keep):
-            others.update((id(p), p) for p in _params(model) if not _away(p) and _storage(p) not in kept)
+            others.update((id(p), p) for p in _params(model) if p not in _AWAY and _storage(p) not in kept)
     _offload(list(others.values()), how)
 
 
@@ -189,6 +185,20 @@ def _join_block(model: torch.nn.Module) -> None:
     on the device until the block ends."""
     if _BLOCKS:
         _BLOCKS[-1].append(weakref.ref(model))
+
+
+def _restore(how: str) -> None:
+    """Put the tracked models where the open blocks say: the innermost resident() block's
+    models on their devices; with none open, no model inside off_device_at_rest() and every
+    model outside it."""
+    if how == "none":
+        return
+    if _BLOCKS:
+        _settle(_named(_BLOCKS[-1]), how)
+    elif _OFF_AT_REST[0]:
+        _settle([], how)
+    else:
+        _onload(_groups_of(p for m in list(_TRACKED) for p in _params(m)))
 
 
 @contextmanager
@@ -201,16 +211,11 @@ def resident(*models: torch.nn.Module | None) -> Iterator[None]:
         return
     _BLOCKS.append([weakref.ref(m) for m in models if m is not None])
     try:
-        _settle(_named(_BLOCKS[-1]), how)
+        _restore(how)
         yield
     finally:
         _BLOCKS.pop()
-        if _BLOCKS:
-            _settle(_named(_BLOCKS[-1]), how)
-        elif _OFF_AT_REST[0]:
-            _settle([], how)
-        else:  # outside every block, every model is on its device
-            _onload(_groups_of(p for m in list(_TRACKED) for p in _params(m)))
+        _restore(how)
 
 
 @contextmanager
@@ -219,15 +224,14 @@ def off_device_at_rest() -> Iterator[None]:
     :func:`resident` block that names it (or in which it was made): between steps no model is,
     so a study's original, oracle and unlearned models never wait on the device together. Every
     step inside must name the models it computes with. When the block ends, every model is back."""
+    how = mode()
     _OFF_AT_REST[0] += 1
     try:
-        if not _BLOCKS and mode() != "none":
-            _settle([], mode())
+        _restore(how)
         yield
     finally:
         _OFF_AT_REST[0] -= 1
-        if not _BLOCKS and not _OFF_AT_REST[0] and mode() != "none":
-            _onload(_groups_of(p for m in list(_TRACKED) for p in _params(m)))
+        _restore(how)
 
 
 class Parked:
