@@ -20,7 +20,7 @@ from unlearn_audit.attacks.concept_vectors import (
 )
 from unlearn_audit.attacks.in_context import InContextParams, curves, plan
 from unlearn_audit.attacks.probe import last_token_states, probe_accuracy, probe_tasks
-from unlearn_audit.attacks.quantize import quantize_dequantize, quantized
+from unlearn_audit.attacks.quantize import quantized, rtn_symmetric
 from unlearn_audit.attacks.weight_distance import barrier, distances, interpolation
 from unlearn_audit.metrics import EvalSuite
 from unlearn_audit.metrics.linear import fit_probe
@@ -160,8 +160,8 @@ def test_in_context_with_no_demonstrations_is_plain_qa_accuracy(micro, micro_tar
 def test_int8_error_is_within_half_a_step_and_int4_is_coarser():
     g = torch.Generator().manual_seed(0)
     w = torch.randn(16, 300, generator=g)                                   # groups of 128, 128, 44
-    q8, s8 = quantize_dequantize(w, 8, 128)
-    q4, s4 = quantize_dequantize(w, 4, 128)
+    q8, s8 = rtn_symmetric(w, 8, 128)
+    q4, s4 = rtn_symmetric(w, 4, 128)
     assert s8.shape == (16, 3)
     for q, s, q_max in ((q8, s8, 127), (q4, s4, 7)):
         per_weight_scale = torch.repeat_interleave(s, torch.tensor([128, 128, 44]), dim=1)   # (16, 300)
@@ -171,7 +171,7 @@ def test_int8_error_is_within_half_a_step_and_int4_is_coarser():
         assert torch.allclose(s[:, 0], w[:, :128].abs().amax(1) / q_max)
     assert float((w - q4).abs().mean()) > 10 * float((w - q8).abs().mean())
     row = torch.randn(3, 40, generator=g)                                   # shorter than a group: one per row
-    assert quantize_dequantize(row, 8, 128)[1].shape == (3, 1)
+    assert rtn_symmetric(row, 8, 128)[1].shape == (3, 1)
 
 
 def test_quantized_changes_every_decoder_linear_and_restores_it(micro):

@@ -218,6 +218,7 @@ def _exp(tmp: Path, target: Path, **changes) -> Path:
     ({"attacks": {"rtt": {"checkpoints": []}}}, "'checkpoints': List should have at least 1 item"),
     ({"attacks": {"quantize": {"bits": [16]}}}, "'bits.0': Input should be less than or equal to 8"),
     ({"attacks": {"quantize": {"bits": []}}}, "'bits': List should have at least 1 item"),
+    ({"attacks": {"quantize": {"bits": [3]}}}, "scheme bnb quantizes to 8 bits (LLM.int8) or 4 bits (fp4/nf4), not [3]"),
     ({"attacks": {"rtt": {"checkpoints": [-1, 5]}}}, "'checkpoints.0': Input should be greater than or equal to 0"),
     ({"attacks": {"in_context": {"variants": ["bogus"]}}}, "'variants.0': Input should be 'heldout'"),
     ({"attacks": {"weight_distance": {"alphas": [0.5]}}}, "give at least two different alphas"),
