@@ -24,9 +24,17 @@ forget accuracy (1.00 -> 0.93; 64 random vectors: 0.96) while the 64 ``attributi
 take it to 0.66 (retain 0.98 -> 0.89): hence the default.
 
 Measured per concept vector v (original) and the vector v' at the same layer and index of
-another model: ``cos(v, v')`` and the Jaccard index of their top-``top_k`` projected tokens,
-``J = |top(v) & top(v')| / |top(v) | top(v')|``. The trace T(model) is the mean J (1 for the
-original itself).
+another model: ``cos(v, v')`` and the Jaccard index of their top-``top_k`` (200) projected
+tokens, ``J = |top(v) & top(v')| / |top(v) | top(v')|``. The trace T(model) is the mean J (1
+for the original itself). ``projection`` says how a vector is projected for the Jaccard index:
+
+- ``unembedding`` (default; ConceptVectors' ``jaccard_similarity``,
+  yihuaihong/ConceptVectors@607591b415043f7692bc17a9748de3d8ff3fc0c7:evaluate_util.py, with
+  ``top_k = 200``): the raw product ``E v`` with the *original's* output embedding E, for both
+  vectors, so that J measures how the vector moved and nothing else;
+- ``logit_lens``: ``W_U norm(v)``, each vector through its own model's final norm and
+  unembedding (what the model itself would read from it; a change of the final norm or of the
+  unembedding then moves J too).
 
 This audit reads weights; nothing is attacked. Recovery and residual use the formulas of
 :mod:`unlearn_audit.metrics.recovery`
@@ -49,6 +57,7 @@ original's concept vectors into the unlearned model: ``restore_recovery`` =
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -58,6 +67,7 @@ from ..errors import UserInputError
 from ..metrics.likelihood import eval_mode, forward
 from ..metrics.qa import EvalSuite
 from ..metrics.recovery import recovery, residual
+from ..subject import residency
 from ..subject.sites import Site, num_layers, patched_weights, record, unembed, value_vectors
 from ..world import QA
 from .base import Attack, AttackParams, register_attack
@@ -67,7 +77,10 @@ class ConceptVectorParams(AttackParams):
     locate: str = Field("attribution", pattern="^(attribution|projection)$",
                         description="How concept vectors are scored: attribution (default) or projection.")
     n_vectors: int = Field(64, ge=1, description="How many value vectors to locate as the concept's.")
-    top_k: int = Field(20, ge=1, description="Projected tokens compared by the Jaccard index.")
+    top_k: int = Field(200, ge=1, description="Projected tokens compared by the Jaccard index (200: ConceptVectors).")
+    projection: Literal["unembedding", "logit_lens"] = Field(
+        "unembedding", description="unembedding: raw E·v with the original's output embedding for both vectors "
+                                   "(ConceptVectors); logit_lens: final norm and each model's own unembedding.")
     chunk: int = Field(1024, ge=1, description="Value vectors projected per matrix product.")
     batch_size: int = Field(64, ge=1)
 
@@ -154,27 +167,47 @@ def _copy_layout(v: torch.Tensor) -> torch.Tensor:
     return out.copy_(v.detach())
 
 
+def _top_tokens(logits: torch.Tensor, top_k: int) -> list[set[int]]:
+    """The ``top_k`` highest token ids of each row of ``logits (n, V)``."""
+    return [set(row) for row in logits.float().topk(min(top_k, logits.shape[-1]), dim=-1).indices.tolist()]
+
+
+def _vectors(model, located: list[tuple[int, int]]) -> torch.Tensor:
+    return torch.stack([value_vectors(model, layer)[i] for layer, i in located])
+
+
 @torch.no_grad()
-def snapshot(model, located: list[tuple[int, int]], top_k: int) -> dict:
+def snapshot(model, located: list[tuple[int, int]], top_k: int, projection: str = "unembedding") -> dict:
     """What :func:`compare` needs of the original (an HF model): its located value vectors, its
-    top-k projected tokens of each, and its value-vector shape; taken once, so that the
-    original need not be on the device while another model is compared with it."""
+    top-k projected tokens of each, its value-vector shape and, for ``projection='unembedding'``,
+    its output embedding (parked off the device); taken once, so that the original need not be
+    on the device while another model is compared with it."""
     rows = [_copy_layout(value_vectors(model, layer)[i]) for layer, i in located]
-    tops = [set(unembed(model, value_vectors(model, layer)[i:i + 1])[0].topk(top_k).indices.tolist())
-            for layer, i in located]
-    return {"rows": rows, "tops": tops, "shape": (num_layers(model), tuple(value_vectors(model, 0).shape))}
+    vectors = _vectors(model, located)
+    if projection == "unembedding":
+        E = model.get_output_embeddings().weight.detach()
+        logits, embedding = vectors @ E.T, residency.park({"E": E}, copy=True)
+    else:
+        logits, embedding = unembed(model, vectors), None
+    return {"rows": rows, "tops": _top_tokens(logits, top_k), "embedding": embedding, "projection": projection,
+            "shape": (num_layers(model), tuple(value_vectors(model, 0).shape))}
 
 
 @torch.no_grad()
 def compare(original: dict, other, located: list[tuple[int, int]], top_k: int) -> dict:
     """Per concept vector (layer, index) of the original (its :func:`snapshot`) and ``other``
-    (an HF model): cosine of the two vectors and Jaccard index of their top-k projected tokens,
-    each projected by its own model; and their means."""
+    (an HF model): cosine of the two vectors and Jaccard index of their top-k projected tokens
+    (both through the original's output embedding, or each through its own model's logit lens:
+    the snapshot's ``projection``); and their means."""
+    vectors = _vectors(other, located)
+    if original["projection"] == "unembedding":
+        logits = vectors @ original["embedding"].get("E").to(vectors.device, vectors.dtype).T
+    else:
+        logits = unembed(other, vectors)
     cos, jac = [], []
-    for (layer, i), row, a in zip(located, original["rows"], original["tops"], strict=True):
-        v, w = row.float(), value_vectors(other, layer)[i].float()
-        cos.append(float(torch.nn.functional.cosine_similarity(v, w.to(v.device), dim=0)))
-        b = set(unembed(other, value_vectors(other, layer)[i:i + 1])[0].topk(top_k).indices.tolist())
+    for (layer, i), row, a, b in zip(located, original["rows"], original["tops"], _top_tokens(logits, top_k), strict=True):
+        v, w = row.float(), value_vectors(other, layer)[i]
+        cos.append(float(torch.nn.functional.cosine_similarity(v, w.float().to(v.device), dim=0)))
         jac.append(len(a & b) / len(a | b))
     return {"cosine": sum(cos) / len(cos), "jaccard": sum(jac) / len(jac),
             "per_vector": {"cosine": cos, "jaccard": jac}}
@@ -235,7 +268,7 @@ class ConceptVectors(Attack):
         sets = {k: v for k, v in (("forget", forget), ("retain", target.retain_qa),
                                   ("unrelated", target.unrelated_qa)) if v}
         forget_suite = EvalSuite(original, {"forget": forget})
-        return {"located": located, "snapshot": snapshot(original.model, located, params.top_k),
+        return {"located": located, "snapshot": snapshot(original.model, located, params.top_k, params.projection),
                 "suite": EvalSuite(original, sets), "forget_suite": forget_suite,
                 "acc_original": forget_suite.accuracies(original)["forget"]}
 
