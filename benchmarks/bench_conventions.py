@@ -21,7 +21,7 @@ BEFORE = {
     "npo_kl": {"kl_positions": "answer"},
     "rmu": {"average_over": "real"},
     "memit_empty": {"penalty": "squared"},
-    "memit_entropy": {"penalty": "squared"},
+    "memit_entropy": {"penalty": "squared", "entropy": "answer"},
 }
 
 
