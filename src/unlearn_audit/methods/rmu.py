@@ -44,7 +44,8 @@ class RMUParams(FineTuneParams):
     steering_coeff: float | None = Field(None, gt=0, description="c, absolute (default: coeff_scale x mean norm of h_L).")
     # coeff_scale, alpha, lr from the sweep on the default organism (BENCHMARKS.md): the paper's
     # alpha 1200 keeps every activation in place there (nothing is forgotten)
-    coeff_scale: float = Field(1.0, gt=0, description="c relative to the mean token norm of h_L on forget text.")
+    # 4.0 since issue 15 (pads averaged in, as WMDP): the re-run sweep's pick
+    coeff_scale: float = Field(4.0, gt=0, description="c relative to the mean token norm of h_L on forget text.")
     alpha: float = Field(10.0, ge=0, description="Weight of the retain term.")
     steps: int = Field(60, ge=0, le=MAX_STEPS)
     lr: float = Field(3e-3, gt=0)
