@@ -117,6 +117,12 @@ def subject_positions(tokenizer, prompts: list[str], items: list[QA], add_specia
     return out
 
 
+def _entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of ``softmax(logits)`` over the last dimension, in float32."""
+    logp = torch.log_softmax(logits.float(), -1)
+    return -(logp.exp() * logp).sum(-1)
+
+
 def _objective_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-row loss (B,): mean NLL of the labelled tokens (``empty``), or minus the mean entropy of
     the next-token distribution at the labelled positions (``answer``)."""
@@ -124,19 +130,14 @@ def _objective_loss(kind: str, logits: torch.Tensor, labels: torch.Tensor) -> to
         logp, mask = token_logprobs(logits, labels)
         return -(logp.sum(1) / mask.sum(1).clamp(min=1))
     mask = labels[:, 1:] != IGNORE                                         # (B, T-1)
-    logp = torch.log_softmax(logits[:, :-1].float(), -1)                  # (B, T-1, V)
-    entropy = -(logp.exp() * logp).sum(-1)                                 # (B, T-1)
+    entropy = _entropy(logits[:, :-1])                                     # (B, T-1)
     return -((entropy * mask).sum(1) / mask.sum(1).clamp(min=1))
 
 
 def lens_entropy_loss(model, states: list[torch.Tensor]) -> torch.Tensor:
     """Per-row loss (n,): minus the mean over layers of the entropy (nats) of
     ``softmax(W_U norm(h))`` for each layer's state ``h (n, d)``."""
-    entropies = []
-    for h in states:
-        logp = torch.log_softmax(unembed(model, h).float(), -1)             # (n, V)
-        entropies.append(-(logp.exp() * logp).sum(-1))
-    return -torch.stack(entropies).mean(0)
+    return -torch.stack([_entropy(unembed(model, h)) for h in states]).mean(0)
 
 
 def last_prompt_positions(labels: torch.Tensor) -> torch.Tensor:
