@@ -6,7 +6,11 @@ Each MLP neuron n (a coefficient: an input of the down projection) is scored by 
 it is used on forget text than on retain text:
 
     I(D, n) = mean over tokens of D of |a_n|              (mean absolute activation)
-    score(n) = I(D_forget, n) / (I(D_retain, n) + 1e-5)
+    score(n) = I(D_forget, n) / (I(D_retain, n) + eps)
+
+as the paper's code scores it (``nickypro/taker@1f5a5b4:src/taker/scoring.py``
+``score_indices_by_abs``, ``pos_mass + |neg_mass|`` = mean |a|; ``eps`` is its
+``PruningConfig.ff_eps``, 1e-3, which ``score_and_prune`` passes in place of the function's 1e-6)
 
 and the top ``frac`` of neurons by score (across all layers, or the same fraction in every
 layer) are removed by zeroing their value vectors (down-projection columns): a weight edit, so
@@ -30,8 +34,6 @@ from ..params import MAX_STEPS
 from ..subject.sites import Site, num_layers, token_means, value_vectors
 from .base import Method, MethodParams, register_method
 
-EPS = 1e-5
-
 
 class PruneParams(MethodParams):
     # paper: 2% per step, repeated; on the organism the concept is spread out, and the sweep
@@ -40,6 +42,8 @@ class PruneParams(MethodParams):
     scope: Literal["global", "layer"] = Field("global", description="Rank neurons across all layers, or within each layer.")
     rounds: int = Field(1, ge=1, le=MAX_STEPS, description="Score-and-prune rounds (each prunes frac of the remaining neurons).")
     batch_size: int = Field(32, ge=1, description="Texts per forward pass while scoring.")
+    eps: float = Field(1e-3, gt=0, description="Added to the retain activation before dividing "
+                       "(taker's ff_eps; 1e-5 before issue 15).")
 
 
 def mean_abs_coefficients(model, data: dict, batch_size: int = 32) -> torch.Tensor:
@@ -100,7 +104,7 @@ class SelectivePruning(Method):
         pruned = torch.zeros(n_layers, width, dtype=torch.bool)
         for _ in range(params.rounds):
             scores = (mean_abs_coefficients(out.model, forget, params.batch_size)
-                      / (mean_abs_coefficients(out.model, retain, params.batch_size) + EPS))
+                      / (mean_abs_coefficients(out.model, retain, params.batch_size) + params.eps))
             chosen = top_fraction(scores, params.frac, params.scope, ~pruned)
             prune(out.model, chosen)
             pruned |= chosen
