@@ -136,3 +136,50 @@ def test_world_scored_as_tofu(micro, micro_target):
     assert benchmark_scores(oracle, small, reference=ref, max_new_tokens=2, rouge_stem=False)["forget_quality"] == 1.0
     # the full model knows the concept, the oracle never saw it: their truth ratios differ in distribution
     assert benchmark_scores(full, small, reference=ref, max_new_tokens=2, rouge_stem=False)["forget_quality"] < 0.05
+
+
+def test_quantize_on_a_chosen_metric(micro, micro_target):
+    """quantize's per-bit scores are the chosen metric's means (computed here with and without
+    the quantized weights), and its recovery and residual are the usual ratios of them."""
+    from unlearn_audit.attacks import get_attack
+    from unlearn_audit.attacks.quantize import quantized
+    from unlearn_audit.metrics.recovery import recovery
+
+    full, oracle = micro
+    spec = get_attack("quantize")
+    params = spec.params({"metric": "answer_prob", "bits": [4]})
+    out = spec.run(full, {"none": oracle}, oracle, micro_target, params)
+    got = out["methods"]["none"]
+    assert got["metric"] == "answer_prob"
+    suite = EvalSuite(full, {"forget": micro_target.all_forget_qa})
+
+    def prob(subject):
+        return float(np.exp(-suite.run(subject)["forget"].nll.numpy()).mean())
+
+    want_full = prob(oracle)
+    with quantized(oracle.model, 4, "bnb"):
+        want_4 = prob(oracle)
+    assert got["acc"]["full"]["forget"] == pytest.approx(want_full, abs=1e-6)
+    assert got["acc"]["int4"]["forget"] == pytest.approx(want_4, abs=1e-6)
+    assert 0 < want_full < 1 and want_4 != want_full
+    original = prob(full)
+    assert got["by_bits"]["int4"]["recovery"] == pytest.approx(recovery(want_4, want_full, original), abs=1e-6)
+    assert got["residual"] == pytest.approx(0.0, abs=1e-9)   # the oracle is its own reference
+    with pytest.raises(UserInputError, match="needs a wmdp: target"):
+        spec.run(full, {"none": oracle}, oracle, micro_target, spec.params({"metric": "mc_accuracy"}))
+
+
+def test_ablation_on_a_chosen_metric(micro, micro_target):
+    from unlearn_audit.attacks import get_attack
+    from unlearn_audit.attacks.ablation import ablated_accuracy, directions, source_means
+
+    full, oracle = micro
+    spec = get_attack("ablation")
+    got = spec.run(full, {"none": oracle}, oracle, micro_target, spec.params({"metric": "answer_prob"}))["methods"]["none"]
+    suite = EvalSuite(full, {"forget": micro_target.all_forget_qa})
+    scorer = ItemScorer(suite, micro_target, "answer_prob")
+    dirs = directions(source_means(full, micro_target.all_forget_qa), oracle)
+    assert got["metric"] == "answer_prob"
+    assert got["acc_before"] == pytest.approx(float(np.exp(-suite.run(oracle)["forget"].nll.numpy()).mean()), abs=1e-6)
+    assert got["acc_after"] == pytest.approx(ablated_accuracy(oracle, suite, dirs, scorer), abs=1e-6)
+    assert got["acc_after"] != got["acc_before"]

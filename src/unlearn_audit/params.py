@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -30,6 +30,13 @@ MaxLength = Annotated[int, Field(ge=8, le=1_048_576, description="Tokens per tra
 
 
 # LoRA, for every fine-tuning method and relearning attack (subject/lora.py; the peft extra)
+# the per-item score an attack's recovery and residual are computed on (metrics/itemwise.py):
+# declared by the relearning attacks and quantize
+ItemMetric = Annotated[Literal["exact_match", "answer_prob", "rouge_l", "truth_ratio", "mc_accuracy"], Field(
+    description="Per-item score that recovery and residual are computed on: exact_match, answer_prob, rouge_l, "
+                "truth_ratio (tofu:/world: targets), mc_accuracy (wmdp: targets); metrics/itemwise.py.")]
+MaxNewTokens = Annotated[int, Field(ge=1, le=4096, description="Tokens generated per answer for metric rouge_l.")]
+
 LoraR = Annotated[int, Field(ge=0, le=4096, description="LoRA rank: train adapters of this rank on frozen, shared "
                              "weights (0: full fine-tuning). Needs the peft extra.")]
 LoraAlpha = Annotated[float | None, Field(gt=0, description="LoRA scale numerator: the update is (lora_alpha / "

@@ -12,7 +12,8 @@ and the unlearned model is run with every layer's output projected off its direc
 instead (a direction that is not about the concept). Reported: forget QA accuracy (both halves)
 under ablation, recovery ``(ablated - unlearned) / (original - unlearned)``, and with an
 oracle, residual ``(ablated_unlearned - ablated_oracle) / (original - oracle)`` where the oracle
-is ablated along its own difference from the original.
+is ablated along its own difference from the original. ``metric`` scores the forget QA with
+another per-item score than exact match (:mod:`unlearn_audit.metrics.itemwise`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ import torch
 from pydantic import Field
 
 from ..data.encode import encode_qa
+from ..metrics.itemwise import ItemScorer
 from ..metrics.qa import EvalSuite
 from ..metrics.recovery import recovery, residual
+from ..params import ItemMetric, MaxNewTokens
 from ..subject.sites import Site, hooks, num_layers, token_means
 from .base import Attack, AttackParams, register_attack
 
@@ -30,6 +33,8 @@ from .base import Attack, AttackParams, register_attack
 class AblationParams(AttackParams):
     source: str = Field("forget", pattern="^(forget|unrelated)$",
                         description="QA whose mean activations define the direction: forget or unrelated.")
+    metric: ItemMetric = "exact_match"
+    max_new_tokens: MaxNewTokens = 32
 
 
 def source_means(original, items) -> dict:
@@ -48,7 +53,12 @@ def directions(source: dict, subject) -> dict[Site, torch.Tensor]:
     return {s: (a[s] - b[s]) / (a[s] - b[s]).norm().clamp(min=1e-12) for s in sites}
 
 
-def ablated_accuracy(subject, suite: EvalSuite, dirs: dict[Site, torch.Tensor]) -> float:
+def forget_score(subject, suite: EvalSuite, scorer: ItemScorer | None) -> float:
+    """Forget QA accuracy, or its mean score under the chosen metric."""
+    return suite.accuracies(subject)["forget"] if scorer is None else scorer.means(subject)["forget"]
+
+
+def ablated_accuracy(subject, suite: EvalSuite, dirs: dict[Site, torch.Tensor], scorer: ItemScorer | None = None) -> float:
     def project_out(r):
         def fn(h):
             r_ = r.to(h.device, h.dtype)
@@ -56,7 +66,7 @@ def ablated_accuracy(subject, suite: EvalSuite, dirs: dict[Site, torch.Tensor]) 
         return fn
 
     with hooks(subject.model, {s: project_out(r) for s, r in dirs.items()}):
-        return suite.accuracies(subject)["forget"]
+        return forget_score(subject, suite, scorer)
 
 
 def _source(target, params: AblationParams):
@@ -73,18 +83,20 @@ class Ablation(Attack):
     summary = "project out the unlearned-minus-original direction at every layer (Łucki et al. 2024)"
 
     def setup(self, original, target, params, references=None):
-        return {"suite": EvalSuite(original, {"forget": target.all_forget_qa}),
-                "source": source_means(original, _source(target, params))}
+        suite = EvalSuite(original, {"forget": target.all_forget_qa})
+        scorer = (ItemScorer(suite, target, params.metric, ("forget",), params.max_new_tokens)
+                  if params.metric != "exact_match" else None)
+        return {"suite": suite, "scorer": scorer, "source": source_means(original, _source(target, params))}
 
     def measure(self, subject, setup: dict, params: AblationParams, role: str) -> dict:
-        acc = setup["suite"].accuracies(subject)["forget"]
+        acc = forget_score(subject, setup["suite"], setup["scorer"])
         if role == "original":
             return {"acc": acc}
         dirs = directions(setup["source"], subject)
-        return {"acc": acc, "acc_ablated": ablated_accuracy(subject, setup["suite"], dirs)}
+        return {"acc": acc, "acc_ablated": ablated_accuracy(subject, setup["suite"], dirs, setup["scorer"])}
 
     def score(self, m: dict, original: dict, oracle: dict | None, setup, params, name: str) -> dict:
         before, after = m["acc"], m["acc_ablated"]
         res = residual(after, oracle["acc_ablated"], original["acc"], oracle["acc"]) if oracle is not None else None
         return {"recovery": recovery(after, before, original["acc"]), "residual": res,
-                "acc_before": before, "acc_after": after, "source": params.source}
+                "acc_before": before, "acc_after": after, "source": params.source, "metric": params.metric}

@@ -63,6 +63,10 @@ precision:
 and the headline is the attacker's best bit width: ``recovery = max_b recovery_b``,
 ``residual = max_b residual_b``. Retain accuracy shows whether a bit width still gives a usable
 model (on a tiny model, int4 damages everything).
+
+``metric`` puts another per-item score in place of exact match (answer probability, ROUGE-L,
+TOFU's truth ratio, WMDP's multiple-choice accuracy; :mod:`unlearn_audit.metrics.itemwise`), so
+benchmark targets get a defined recovery; Zhang et al. report MUSE's and WMDP's own metrics.
 """
 
 from __future__ import annotations
@@ -76,8 +80,10 @@ import torch
 from pydantic import Field, model_validator
 
 from ..errors import UserInputError
+from ..metrics.itemwise import ItemScorer
 from ..metrics.qa import EvalSuite
 from ..metrics.recovery import recovery, residual
+from ..params import ItemMetric, MaxNewTokens
 from ..subject import residency
 from ..subject.sites import decoder_layers
 from .base import Attack, AttackParams, register_attack, sample_items
@@ -112,6 +118,8 @@ class QuantizeParams(AttackParams):
     bnb_4bit: Literal["fp4", "nf4"] = Field("fp4", description="bitsandbytes' 4-bit code table (scheme bnb).")
     int8_threshold: float = Field(6.0, ge=0, description="LLM.int8's outlier threshold on the inputs (scheme bnb, 8 bits; 0: no outlier columns).")
     group_size: int = Field(128, ge=1, description="Weights per quantization group along the input dimension (rtn schemes).")
+    metric: ItemMetric = "exact_match"
+    max_new_tokens: MaxNewTokens = 32
 
     @model_validator(mode="after")
     def _bnb_widths(self):
@@ -307,11 +315,16 @@ def quantized(model, bits: int, scheme: Scheme = "bnb", group_size: int = 128, b
                     mod.weight.copy_(saved.get(str(i)))
 
 
-def _accuracies(subject, suite: EvalSuite, params: QuantizeParams, bits: list[int]) -> dict:
-    out = {"full": suite.accuracies(subject)}
+def _accuracies(subject, suite: EvalSuite, params: QuantizeParams, bits: list[int], scorer: ItemScorer | None) -> dict:
+    """``{"full" | "int<b>": {set: mean score}}``: exact-match accuracy, or the mean per-item
+    score of ``scorer`` (the chosen metric)."""
+    def score() -> dict[str, float]:
+        return suite.accuracies(subject) if scorer is None else scorer.means(subject)
+
+    out = {"full": score()}
     for b in bits:
         with quantized(subject.model, b, params.scheme, params.group_size, params.bnb_4bit, params.int8_threshold):
-            out[f"int{b}"] = suite.accuracies(subject)
+            out[f"int{b}"] = score()
     return out
 
 
@@ -336,10 +349,13 @@ class Quantize(Attack):
         forget = target.all_forget_qa
         sets = {k: v for k, v in (("forget", forget), ("retain", sample_items(target.retain_qa, len(forget), params.seed)))
                 if v}
-        return {"bits": bits, "suite": EvalSuite(original, sets)}
+        suite = EvalSuite(original, sets)
+        scorer = (ItemScorer(suite, target, params.metric, ("forget",), params.max_new_tokens)
+                  if params.metric != "exact_match" else None)
+        return {"bits": bits, "suite": suite, "scorer": scorer}
 
     def measure(self, subject, setup: dict, params: QuantizeParams, role: str) -> dict:
-        acc = _accuracies(subject, setup["suite"], params, setup["bits"])
+        acc = _accuracies(subject, setup["suite"], params, setup["bits"], setup["scorer"])
         return {**acc, **_settings(params)} if role == "original" else acc
 
     def score(self, acc: dict, original: dict, oracle: dict | None, setup: dict, params: QuantizeParams, name: str) -> dict:
@@ -354,4 +370,4 @@ class Quantize(Attack):
         rec = [v["recovery"] for v in per_bits.values() if v["recovery"] is not None]
         res = [v["residual"] for v in per_bits.values() if v["residual"] is not None]
         return {"recovery": max(rec) if rec else None, "residual": max(res) if res else None,
-                "acc": acc, "by_bits": per_bits, **_settings(params)}
+                "acc": acc, "by_bits": per_bits, "metric": params.metric, **_settings(params)}

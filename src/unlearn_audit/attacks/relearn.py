@@ -26,7 +26,7 @@ truth ratio or WMDP's multiple-choice accuracy for benchmark targets, :mod:`unle
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -41,11 +41,13 @@ from ..params import (
     MAX_STEPS,
     GradAccumSteps,
     GradientCheckpointing,
+    ItemMetric,
     LoraAlpha,
     LoraDropout,
     LoraR,
     LoraTargets,
     MaxLength,
+    MaxNewTokens,
     lora_settings,
     renamed_params,
     train_settings,
@@ -78,9 +80,8 @@ class RelearnParams(AttackParams):
     bootstrap: int = Field(1000, ge=0, le=1_000_000, description="Bootstrap resamples for the intervals (0: none).")
     reemergence: bool = Field(True, description="Track concept neurons at every checkpoint (first seed).")
     top_frac: float = Field(0.02, gt=0, lt=1, description="Fraction of MLP neurons in a model's top concept set.")
-    metric: Literal["exact_match", "answer_prob", "rouge_l", "truth_ratio", "mc_accuracy"] = Field(
-        "exact_match", description="Per-item score that recovery and residual are computed on (metrics/itemwise.py).")
-    max_new_tokens: int = Field(32, ge=1, le=4096, description="Tokens generated per answer for metric rouge_l.")
+    metric: ItemMetric = "exact_match"
+    max_new_tokens: MaxNewTokens = 32
 
     @model_validator(mode="before")
     @classmethod

@@ -86,6 +86,11 @@ class ItemScorer:
                 out[name] = np.array([float(int(np.argmax(v)) == m.answer) for v, m in zip(lls, rows, strict=True)])
         return out
 
+    def means(self, subject) -> dict[str, float]:
+        """Each set's mean per-item score: the chosen metric's counterpart of
+        :meth:`EvalSuite.accuracies`."""
+        return {k: float(v.mean()) for k, v in self(subject).items()}
+
     def _rouge(self, subject) -> dict[str, np.ndarray]:
         from .generation import greedy_continuations
         from .rouge import rouge_l_scores, stemmer
