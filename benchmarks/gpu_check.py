@@ -1,6 +1,7 @@
 """One short GPU check (issue 14, item 7): unlearning, ``rtt`` and ``patching`` on a random
 ~0.3B Llama in bf16, full fine-tuning and LoRA, with peak GPU memory in units of the model's
-parameter bytes and the optimiser step time.
+parameter bytes and the optimiser step time; then ``organism train --base`` (issue 16) on the
+same model with LoRA, one epoch for each of its two models.
 
     scripts/gpu_check.sh                       # on a machine with a CUDA GPU (a few minutes)
     .venv/bin/python benchmarks/gpu_check.py --device cpu --small   # the same path on CPU, tiny
@@ -26,7 +27,7 @@ os.environ.setdefault("UNLEARN_AUDIT_PROGRESS", "0")
 
 from unlearn_audit.api import target_for, unlearn  # noqa: E402
 from unlearn_audit.attacks import get_attack  # noqa: E402
-from unlearn_audit.organisms import organism  # noqa: E402
+from unlearn_audit.organisms import BaseRecipe, based_organism, organism  # noqa: E402
 from unlearn_audit.subject import load_pretrained  # noqa: E402
 from unlearn_audit.training import loop  # noqa: E402
 
@@ -114,6 +115,14 @@ def main() -> None:
             print(f"| {mode} | {unlearn_peak / model_bytes:.2f}x | {step:.0f} | {rtt_peak / model_bytes:.2f}x | "
                   f"{patch_peak / model_bytes:.2f}x |", flush=True)
             del unlearned
+        # the world fine-tuned into the base (organism train --base), LoRA, one epoch per model:
+        # memory and time of the path, not learning (the base is random)
+        recipe = BaseRecipe(world="micro", lora_r=16, lr=1e-4, max_epochs=1, target_acc=1.01)
+        start = time.perf_counter()
+        _, base_peak = peak(lambda: based_organism(str(Path(tmp) / "model"), 0, recipe=recipe, cache_dir=Path(tmp) / "cache",
+                                                   device=args.device, dtype=args.dtype), device)
+        print(f"\norganism train --base, LoRA r 16, world micro, one epoch each for full and oracle: "
+              f"peak {base_peak / model_bytes:.2f}x model, {time.perf_counter() - start:.0f} s", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check of issue 14: unlearn + rtt + patching on a random ~0.3B Llama in bf16, full
-# fine-tuning and LoRA; prints peak GPU memory / model bytes and step time (a few minutes).
+# fine-tuning and LoRA, and organism train --base with LoRA; prints peak GPU memory / model
+# bytes and step time (a few minutes).
 # Needs a CUDA build of torch: on a GPU machine, `make setup` (or an existing .venv) with
 # torch's CUDA wheel; the Makefile's pinned CPU wheel would see no GPU.
 set -euo pipefail

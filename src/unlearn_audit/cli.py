@@ -111,12 +111,55 @@ def organism_train(
     concept: Annotated[str | None, typer.Option("--concept", help="Concept the oracle never sees (name or index; default: the first).")] = None,
     threads: ThreadsOpt = None,
     retrain: Annotated[bool, typer.Option("--retrain", help="Ignore the cache and train again.")] = False,
+    base: Annotated[str | None, typer.Option(
+        "--base", help="Fine-tune the world into this pretrained causal LM (directory or hub name) instead of "
+                       "training the organism from scratch: a full model and an oracle, as TOFU builds its full and "
+                       "retain models.")] = None,
+    world: Annotated[str, typer.Option("--world", help="World preset fine-tuned into --base (micro, default, large).")] = "default",
+    lora_r: Annotated[int, typer.Option("--lora-r", min=0, max=4096, help="With --base: train LoRA adapters of this "
+                                        "rank (0: full fine-tuning; needs the peft extra).")] = 0,
+    lr: Annotated[float | None, typer.Option("--lr", min=0.0, help="With --base: learning rate (default 1e-5, TOFU's; "
+                                             "1e-4 with --lora-r).")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="With --base: rows of packed text per step.")] = 16,
+    seq_len: Annotated[int, typer.Option("--seq-len", min=8, help="With --base: tokens per packed row.")] = 256,
+    max_epochs: Annotated[int, typer.Option("--max-epochs", min=1, help="With --base: epochs at most (training "
+                                            "stops once every trained concept reaches --target-acc).")] = 20,
+    target_acc: Annotated[float, typer.Option("--target-acc", min=0.0, max=1.0, help="With --base: QA accuracy "
+                                              "every trained concept must reach.")] = 0.9,
+    gradient_checkpointing: Annotated[bool, typer.Option("--gradient-checkpointing", help="With --base: recompute "
+                                                         "activations in the backward pass (less memory).")] = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    revision: Annotated[str | None, typer.Option("--revision", help="With --base: hub branch, tag or commit.")] = None,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="With --base: allow the model's own code.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train (or load from cache) the organism and its oracle; print per-concept accuracy."""
-    from .organisms import organism
+    """Train (or load from cache) the organism and its oracle; print per-concept accuracy.
 
-    full, oracle = organism(preset, seed, concept, threads=threads, retrain=retrain)
+    With --base, the built-in world is fine-tuned into a pretrained model instead (once with
+    every concept, once without the removed one), cached by base, world and recipe."""
+    from .errors import UserInputError
+    from .organisms import BaseRecipe, based_organism, organism
+
+    if base is None:
+        given = [f for f, v in (("--world", world != "default"), ("--lora-r", lora_r), ("--lr", lr is not None),
+                                ("--revision", revision), ("--trust-remote-code", trust_remote_code)) if v]
+        if given:
+            raise UserInputError(f"{', '.join(given)} need --base (the organism's own recipe is its --preset)")
+        full, oracle = organism(preset, seed, concept, threads=threads, retrain=retrain)
+        title = f"organism {preset} (seed {seed})"
+    else:
+        if preset != "default":
+            raise UserInputError("--preset is the from-scratch organism's; with --base choose the world with --world")
+        from .world import world_config
+
+        world_config(world)  # an unknown world preset fails here, before any model is loaded
+        recipe = BaseRecipe(world=world, lr=lr if lr is not None else (1e-4 if lora_r else 1e-5),
+                            batch_size=batch_size, seq_len=seq_len, max_epochs=max_epochs, target_acc=target_acc,
+                            lora_r=lora_r, gradient_checkpointing=gradient_checkpointing)
+        full, oracle = based_organism(base, seed, concept, recipe=recipe, device=device, dtype=dtype, revision=revision,
+                                      trust_remote_code=trust_remote_code, threads=threads, retrain=retrain)
+        title = f"{base} + world {world} (seed {seed}){', LoRA r ' + str(lora_r) if lora_r else ''}"
     f, o = full.info["organism"], oracle.info["organism"]
     doc = {"params": f["params"], "removed_concept": o["removed_concept"],
            "train_s": {"full": f["train_s"], "oracle": o["train_s"]},
@@ -128,8 +171,7 @@ def organism_train(
         return
     rows = [[c + (" (removed)" if c == o["removed_concept"] else ""), f["accuracy"][c], o["accuracy"][c]]
             for c in f["accuracy"]]
-    table(f"organism {preset} (seed {seed}), {f['params']:,} parameters",
-           ["concept", "full QA acc", "oracle QA acc"], rows)
+    table(f"{title}, {f['params']:,} parameters", ["concept", "full QA acc", "oracle QA acc"], rows)
     print(f"trained in {f['train_s']:.0f} s (full, {f['epochs']} epochs) and {o['train_s']:.0f} s "
           f"(oracle, {o['epochs']} epochs)", file=sys.stderr)
     print(f"full:   {doc['paths']['full']}\noracle: {doc['paths']['oracle']}", file=sys.stderr)

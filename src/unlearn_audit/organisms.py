@@ -142,29 +142,34 @@ def concept_accuracy(subject: Subject, world: World) -> dict[str, float]:
     return suite.accuracies(subject.model)
 
 
-def _train(preset: OrganismPreset, world: World, tokenizer, seed: int, exclude: tuple[str, ...],
-           label: str) -> tuple[Subject, dict]:
+def _fit(subject: Subject, recipe, world: World, seed: int, exclude: tuple[str, ...],
+         label: str) -> dict:
+    """Train ``subject`` on the world's documents minus ``exclude`` until every trained concept
+    reaches ``recipe.target_acc`` QA accuracy (checked once an epoch) or ``recipe.max_epochs``;
+    returns the training statistics. ``recipe`` is an :class:`OrganismPreset` or a
+    :class:`BaseRecipe` (the fields they share, and a ``BaseRecipe``'s optional ones)."""
     from .metrics import EvalSuite
 
     docs = corpus(world, exclude=exclude)
-    model = build_model(preset, tokenizer, seed)
-    subject = Subject(model, tokenizer, label, answer_eos=True)
+    model, tokenizer, device = subject.model, subject.tokenizer, subject.device
     trained = [c for c in world.concepts if c.name not in exclude]
     suite = EvalSuite(subject, {c.name: [q for e in c.entities for q in qa_pairs(world.entities[e])]
                                 for c in trained})
     rng = random.Random(seed)
-    rows_per_epoch = pack_texts(tokenizer, docs, preset.seq_len, random.Random(0)).shape[0]
-    steps_per_epoch = max(1, rows_per_epoch // preset.batch_size)
+    accum = getattr(recipe, "grad_accum_steps", 1)
+    rows_per_epoch = pack_texts(tokenizer, docs, recipe.seq_len, random.Random(0)).shape[0]
+    steps_per_epoch = max(1, rows_per_epoch // (recipe.batch_size * accum))
 
     def batches():
         while True:
-            rows = pack_texts(tokenizer, docs, preset.seq_len, rng)
-            for i in range(steps_per_epoch):
-                ids = rows[i * preset.batch_size:(i + 1) * preset.batch_size]
+            rows = pack_texts(tokenizer, docs, recipe.seq_len, rng)
+            for i in range(steps_per_epoch * accum):
+                ids = rows[i * recipe.batch_size:(i + 1) * recipe.batch_size]
                 yield {"input_ids": ids, "labels": ids}
 
     def loss_fn(batch):
-        return model(input_ids=batch["input_ids"], labels=batch["labels"], use_cache=False).loss
+        ids = batch["input_ids"].to(device)
+        return model(input_ids=ids, labels=ids, use_cache=False).loss
 
     state = {"epochs": 0, "accuracy": {}}
 
@@ -174,23 +179,25 @@ def _train(preset: OrganismPreset, world: World, tokenizer, seed: int, exclude: 
         state["epochs"] += 1
         acc = suite.accuracies(model)
         state["accuracy"] = acc
-        return min(acc.values()) >= preset.target_acc
+        return min(acc.values()) >= recipe.target_acc
 
-    config = TrainConfig(steps=preset.max_epochs * steps_per_epoch, lr=preset.lr,
-                         betas=(0.9, preset.beta2), warmup_steps=preset.warmup_steps,
-                         max_grad_norm=preset.max_grad_norm, seed=seed)
+    warmup = recipe.warmup_steps if recipe.warmup_steps is not None else steps_per_epoch
+    config = TrainConfig(steps=recipe.max_epochs * steps_per_epoch, lr=recipe.lr,
+                         betas=(0.9, recipe.beta2), warmup_steps=warmup,
+                         max_grad_norm=recipe.max_grad_norm, seed=seed,
+                         weight_decay=getattr(recipe, "weight_decay", 0.0), grad_accum_steps=accum,
+                         gradient_checkpointing=getattr(recipe, "gradient_checkpointing", False))
     start = time.perf_counter()
     log = train(model, loss_fn, batches(), config, on_step=on_epoch, description=f"training {label}")
     elapsed = time.perf_counter() - start
     model.eval()
-    reached = bool(state["accuracy"]) and min(state["accuracy"].values()) >= preset.target_acc
+    reached = bool(state["accuracy"]) and min(state["accuracy"].values()) >= recipe.target_acc
     if not reached:
-        progress.warn(f"{label} stopped at {preset.max_epochs} epochs below the "
-                     f"accuracy target {preset.target_acc}: {state['accuracy']}")
-    stats = {"epochs": state["epochs"], "steps": log.steps, "train_s": round(elapsed, 2),
-             "tokens": log.steps * preset.batch_size * preset.seq_len, "reached_target": reached,
-             "final_loss": log.losses[-1] if log.losses else None}
-    return subject, stats
+        progress.warn(f"{label} stopped at {recipe.max_epochs} epochs below the "
+                     f"accuracy target {recipe.target_acc}: {state['accuracy']}")
+    return {"epochs": state["epochs"], "steps": log.steps, "train_s": round(elapsed, 2),
+            "tokens": log.steps * recipe.batch_size * accum * recipe.seq_len, "reached_target": reached,
+            "final_loss": log.losses[-1] if log.losses else None}
 
 
 def organism(preset: str = "default", seed: int = 0, concept: str | None = None, *,
@@ -239,12 +246,127 @@ def organism(preset: str = "default", seed: int = 0, concept: str | None = None,
             subjects.append(load_pretrained(path, device="cpu"))
             continue
         label = f"organism:{preset}@{seed}" if kind == "full" else f"oracle:{preset}/{removed}@{seed}"
-        subject, stats = _train(spec, world, tokenizer, seed, exclude, label)
+        subject = Subject(build_model(spec, tokenizer, seed), tokenizer, label, answer_eos=True)
+        stats = _fit(subject, spec, world, seed, exclude, label)
         params = sum(p.numel() for p in subject.model.parameters())
         subject.info = {"organism": {**base_info, "kind": kind,
                                      "removed_concept": removed if kind == "oracle" else None,
                                      "params": params, "accuracy": concept_accuracy(subject, world),
                                      **stats}}
+        subject.save(path)
+        subjects.append(subject)
+    return subjects[0], subjects[1]
+
+
+@dataclass(frozen=True)
+class BaseRecipe:
+    """How the world is fine-tuned into a pretrained causal LM (:func:`based_organism`).
+
+    TOFU's protocol (``locuslab/tofu@bdc209e:config/finetune.yaml``, ``finetune.py``): one
+    recipe fine-tunes the base once on every concept (the full model) and once without one (the
+    retain model, our oracle); lr 1e-5, weight decay 0.01, batch 16, one epoch of warm-up, bf16
+    on a GPU. TOFU trains a fixed 5 epochs; here, as for the organism, both models train until
+    every trained concept reaches ``target_acc`` (an oracle stopped at the full model's epoch
+    count can stop short), at a constant rate after the warm-up. ``lora_r`` > 0 trains LoRA
+    adapters instead (TOFU's alpha 32, dropout 0.05; the peft extra) and saves only them.
+    """
+
+    world: str = "default"
+    lr: float = 1e-5
+    weight_decay: float = 0.01
+    batch_size: int = 16
+    grad_accum_steps: int = 1
+    seq_len: int = 256
+    beta2: float = 0.999
+    warmup_steps: int | None = None   # None: one epoch (TOFU)
+    max_grad_norm: float = 1.0
+    target_acc: float = 0.9
+    max_epochs: int = 20
+    lora_r: int = 0
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+    gradient_checkpointing: bool = False
+
+
+def _base_identity(base: str) -> dict:
+    """What a base's cache key holds: for a local directory its resolved path, config and weight
+    files' sizes and modification times (a base saved again is trained again); else its hub
+    name (its revision is the caller's)."""
+    path = Path(base).expanduser()
+    if not path.is_dir():
+        return {"hub": base}
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".json"))
+    return {"path": str(path.resolve()),
+            "files": [[p.name, p.stat().st_size, p.stat().st_mtime_ns] for p in files]}
+
+
+def based_key(base: str, recipe: BaseRecipe, seed: int, revision: str | None = None) -> str:
+    """``base-<name>-<world>-s<seed>-<hash>``: the cache directory of a base's full model and oracles."""
+    blob = json.dumps({"base": _base_identity(base), "revision": revision, "recipe": asdict(recipe),
+                       "world": asdict(world_config(recipe.world, seed)), "seed": seed,
+                       "version": CACHE_VERSION}, sort_keys=True)
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(base.rstrip("/")).name or base)[:40]
+    return f"base-{name}-{recipe.world}-s{seed}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def based_organism(base: str, seed: int = 0, concept: str | None = None, *, recipe: BaseRecipe | None = None,
+                   cache_dir: str | os.PathLike | None = None, device: str | None = "auto",
+                   dtype: str | None = "auto", revision: str | None = None, trust_remote_code: bool = False,
+                   threads: int | None = None, retrain: bool = False) -> tuple[Subject, Subject]:
+    """The built-in world fine-tuned into a pretrained causal LM: ``(full, oracle)``, from cache
+    or trained now (:class:`BaseRecipe`), so residual knowledge is measured on a real
+    architecture and tokenizer with an exact-unlearning oracle.
+
+    Args:
+        base: a model directory saved with ``save_pretrained``, or a hub name.
+        seed: seeds the world and the data order.
+        concept: the concept the oracle never sees (name or index; default: the first).
+        recipe: the fine-tuning recipe (default :class:`BaseRecipe`).
+        device, dtype, revision, trust_remote_code: as :func:`~unlearn_audit.subject.load_pretrained`.
+        retrain: ignore the cache and train again.
+    Returns:
+        Subjects asked in the world's ``Question: ...\nAnswer:`` format (the documents' own),
+        answers ending with EOS, with ``info["organism"]`` as the organism's (``base`` and
+        ``recipe`` in place of ``preset``). With LoRA, the saved directories hold adapters and
+        load on top of ``base``.
+    """
+    from .data.encode import DEFAULT_PROMPT_TEMPLATE
+    from .params import LoraSettings
+    from .subject.lora import with_lora
+
+    recipe = recipe or BaseRecipe()
+    world = build_world(world_config(recipe.world, seed))
+    removed = world.resolve_concept(0 if concept is None else concept).name
+    root = cache_root(cache_dir) / "organisms" / based_key(base, recipe, seed, revision)
+    full_dir, oracle_dir = root / "full", root / f"oracle-{removed}"
+    local = Path(base).expanduser().is_dir()
+    base_ref = str(Path(base).expanduser().resolve()) if local else base
+
+    def load(path: Path) -> Subject:
+        return load_pretrained(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+
+    set_threads(threads)
+    subjects = []
+    for kind, exclude, path in (("full", (), full_dir), ("oracle", (removed,), oracle_dir)):
+        if not retrain and ((path / "model.safetensors").is_file() or (path / "adapter_model.safetensors").is_file()):
+            subjects.append(load(path))
+            continue
+        label = f"{Path(base).name or base}+world:{recipe.world}@{seed}" + ("" if kind == "full" else f"-{removed}")
+        subject = load_pretrained(base, device=device, dtype=dtype, revision=revision,
+                                  trust_remote_code=trust_remote_code, prompt_template=DEFAULT_PROMPT_TEMPLATE)
+        subject.name, subject.answer_eos, subject.system_prompt = label, True, None
+        seed_everything(seed)  # the adapters' initialisation
+        if recipe.lora_r:
+            subject.model = with_lora(subject.model, LoraSettings(recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout))
+        stats = _fit(subject, recipe, world, seed, exclude, label)
+        subject.info = {"organism": {"base": base_ref, "revision": revision, "recipe": asdict(recipe),
+                                     "seed": seed, "world": {"preset": recipe.world, "seed": seed},
+                                     "concepts": world.concept_names, "kind": kind,
+                                     "removed_concept": removed if kind == "oracle" else None,
+                                     "params": sum(p.numel() for p in subject.model.parameters()),
+                                     "accuracy": concept_accuracy(subject, world), **stats},
+                        **({"lora_base": base_ref} if recipe.lora_r else {})}
+        root.mkdir(parents=True, exist_ok=True)
         subject.save(path)
         subjects.append(subject)
     return subjects[0], subjects[1]
@@ -257,7 +379,9 @@ def loaded_from(subject: Subject) -> Path | None:
     if not meta or not subject.path:
         return None
     path = Path(subject.path)
-    if path.parent.name == organism_key(meta["preset"], meta["seed"]) and path.parent.parent.name == "organisms":
+    key = (organism_key(meta["preset"], meta["seed"]) if "preset" in meta
+           else based_key(meta["base"], BaseRecipe(**meta["recipe"]), meta["seed"], meta.get("revision")))
+    if path.parent.name == key and path.parent.parent.name == "organisms":
         return path.parents[2]
     return None
 
@@ -302,7 +426,7 @@ def load_subject(name_or_path: str | os.PathLike, *, device: str | torch.device 
     return chosen if device in (None, "auto", "cpu") else to_device(chosen, device, dtype)
 
 
-__all__ = ["PRESETS", "OrganismPreset", "cache_root", "is_organism_spec", "load_subject", "loaded_from", "organism", "organism_world",
+__all__ = ["PRESETS", "BaseRecipe", "OrganismPreset", "based_organism", "cache_root", "is_organism_spec", "load_subject", "loaded_from", "organism", "organism_world",
            "train_tokenizer"]
 
 
