@@ -33,8 +33,9 @@ GRIDS = {
                "forget_on": ["qa", "both"]},
     "simnpo": {"beta": [2.5], "lr": [1e-4, 3e-4], "steps": [30, 60, 120], "retain_weight": [1.0, 5.0],
                "forget_on": ["qa", "both"]},
-    # retain_weight up to 100: the forget term carries 2/beta (20 at beta 0.1) since issue 15
-    "dpo": {"beta": [0.1, 1.0], "lr": [1e-4, 3e-4, 1e-3], "steps": [30, 60, 120], "retain_weight": [1.0, 5.0, 20.0, 100.0]},
+    # retain_weight up to 100: the forget term carries 2/beta (20 at beta 0.1) since issue 15;
+    # beta is open-unlearning's 0.1 (configs/trainer/DPO.yaml), the default
+    "dpo": {"beta": [0.1], "lr": [1e-4, 3e-4, 1e-3], "steps": [30, 60, 120], "retain_weight": [1.0, 5.0, 20.0, 100.0]},
     "whp": {"lr": [1e-4, 3e-4, 1e-3], "steps": [30, 60]},
     "rmu": {"alpha": [10.0, 100.0, 1200.0], "coeff_scale": [1.0, 4.0], "lr": [1e-3, 3e-3], "steps": [60]},
     "prune_neurons": {"frac": [0.02, 0.05, 0.1, 0.2, 0.3, 0.4], "scope": ["global", "layer"], "rounds": [1, 3]},

@@ -51,11 +51,18 @@ class Evaluator:
     """Behavioural evaluation of many subjects on one target, sharing the encoded sets and the
     original model's greedy answers (the reference for ROUGE-L/BLEU agreement)."""
 
-    def __init__(self, original: Subject, target: Target, agreement: bool = True):
+    def __init__(self, original: Subject, target: Target, agreement: bool = True, utility=None):
+        """``utility``: a :class:`~unlearn_audit.metrics.utility.UtilityConfig` (lm-eval tasks
+        scored on every model, under ``utility``), or None."""
         from .metrics.generation import generate_answers
         from .metrics.qa import EvalSuite
 
         self.target = target
+        self.utility = utility
+        if utility is not None:
+            from .metrics.utility import task_manager
+
+            self.tasks = task_manager(utility)  # unknown tasks fail before any model is scored
         sets = target.eval_sets()
         self.agreement_sets = {k: sets[k] for k in AGREEMENT_SETS if k in sets} if agreement else {}
         with resident(original.model):
@@ -74,6 +81,10 @@ class Evaluator:
                 k: agreement(generate_answers(subject, items), self.reference_answers[k])
                 for k, items in self.agreement_sets.items()}
             out["perplexity"] = perplexity(subject, self.text[:500]) if self.text else None
+            if self.utility is not None:
+                from .metrics.utility import lm_eval_scores
+
+                out["utility"] = lm_eval_scores(subject, self.utility, self.tasks)
         return out
 
 

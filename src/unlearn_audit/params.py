@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import UserInputError
 
@@ -132,3 +132,16 @@ def validate_params(model: type[BaseModel], values: Mapping[str, Any] | None, wh
             raise UserInputError(f"{what} has no parameter {key!r}; its parameters: "
                                  + ", ".join(model.model_fields)) from None
         raise UserInputError(f"{what} parameter {key!r}: {err['msg'].removeprefix('Value error, ')}") from None
+
+
+class UtilityConfig(BaseModel):
+    """``utility:`` of an experiment file: lm-eval tasks scored on every model (metrics/utility.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    lm_eval: list[str] = Field(min_length=1, description="lm-eval task names, e.g. [mmlu, arc_easy].")
+    limit: float | None = Field(None, gt=0, description="Documents per task: a count (>= 1) or a fraction (< 1); "
+                                "default all.")
+    num_fewshot: int | None = Field(None, ge=0, le=100, description="Few-shot examples (default: each task's own).")
+    batch_size: int = Field(8, ge=1, le=4096)
+    include_path: str | None = Field(None, description="A directory of your own task YAML files.")
+    seed: int = Field(1234, ge=0, description="lm-eval's random, numpy, torch and few-shot seeds.")

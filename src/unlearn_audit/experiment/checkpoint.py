@@ -28,7 +28,7 @@ from pathlib import Path
 from .. import progress
 from ..errors import UserInputError
 from ..files import files_under, write_text_atomic
-from .config import Cell, Experiment, config_hash, digest, hashed_config, threads_used
+from .config import Cell, Experiment, config_hash, digest, hashed_config, threads_used, utility_key
 from .rundir import _clean, write_json_atomic
 
 FORMAT = 1
@@ -77,7 +77,7 @@ def shared_key(exp: Experiment, target: str, seed: int) -> str:
 
     attacks = {a: get_attack(a).params(s).model_dump(exclude={"seed"}) for a, s in exp.attacks.items()}
     return digest({"subject": exp.subject.model_dump(), "target": target, "seed": seed, "attacks": attacks,
-                   "agreement": exp.agreement, "threads": threads_used(exp)})[:20]
+                   "agreement": exp.agreement, **utility_key(exp), "threads": threads_used(exp)})[:20]
 
 
 def shared_path(out: Path, exp: Experiment, target: str, seed: int) -> Path:

@@ -33,7 +33,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import UserInputError
-from ..params import MAX_SEED
+from ..params import MAX_SEED, UtilityConfig
 
 
 def _default_attacks() -> dict[str, dict]:
@@ -123,6 +123,8 @@ class Experiment(BaseModel):
     seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(default_factory=lambda: [0], min_length=1)
     agreement: bool = Field(True, description="Also score every model's greedy answers against the original's "
                             "(ROUGE-L, BLEU): one generation per QA set and model, the costliest part of evaluating.")
+    utility: UtilityConfig | None = Field(None, description="General utility through lm-evaluation-harness on every "
+                                          "model: {lm_eval: [mmlu, arc_easy], limit: N} (the lm_eval extra).")
     out: str | None = Field(None, description="Run directory (default runs/<name>).")
     threads: int | None = Field(None, ge=1, le=4096, description="CPU threads (default: all cores). The number "
                                 "used is part of the config hash: results differ in the last digits by thread count.")
@@ -392,8 +394,15 @@ def threads_used(exp: Experiment) -> int:
     return exp.threads or os.cpu_count() or 1
 
 
+def utility_key(exp: Experiment) -> dict:
+    """The utility settings as the keys and the config hash hold them: nothing without them, so
+    the runs of files that ask for none keep their keys."""
+    return {"utility": exp.utility.model_dump()} if exp.utility is not None else {}
+
+
 def hashed_config(exp: Experiment) -> dict:
-    return {**exp.model_dump(exclude={"out", "threads", "name", "description"}), "threads": threads_used(exp)}
+    return {**exp.model_dump(exclude={"out", "threads", "name", "description", "utility"}), **utility_key(exp),
+            "threads": threads_used(exp)}
 
 
 def expand(exp: Experiment) -> list[Cell]:
@@ -419,7 +428,7 @@ def expand(exp: Experiment) -> list[Cell]:
                     setting = f"{method}[{','.join(shown)}]" if shown else method
                     key = digest({"subject": exp.subject.model_dump(), "target": target, "method": method,
                                   "params": params, "seed": seed, "attacks": attacks,
-                                  "agreement": exp.agreement, "threads": threads_used(exp)})[:20]
+                                  "agreement": exp.agreement, **utility_key(exp), "threads": threads_used(exp)})[:20]
                     cells.append(Cell(target, method, params, setting, seed, key, validated))
     seen: dict[tuple[str, str], Cell] = {}
     for c in cells:

@@ -68,6 +68,7 @@ class Subjects:
     def __init__(self, exp: Experiment):
         self.cfg = exp.subject
         self.agreement = exp.agreement
+        self.utility = exp.utility
         self._original = None
         self._oracles: dict[str, object] = {}
         self._targets: dict[str, object] = {}
@@ -114,7 +115,8 @@ class Subjects:
         from ..api import Evaluator
 
         if spec not in self._evaluators:
-            self._evaluators[spec] = Evaluator(self.original, self.target(spec), agreement=self.agreement)
+            self._evaluators[spec] = Evaluator(self.original, self.target(spec), agreement=self.agreement,
+                                                utility=self.utility)
         return self._evaluators[spec]
 
     def oracle(self, spec: str):

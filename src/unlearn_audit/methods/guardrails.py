@@ -28,6 +28,7 @@ from pydantic import Field
 from ..data.encode import encode_qa, encode_texts
 from ..metrics.linear import fit_logistic
 from ..metrics.qa import EvalSuite
+from ..metrics.utility import GUARD_INSTRUCTION
 from ..params import MAX_STEPS
 from ..subject.interventions import EmbeddingCorruption
 from .base import Method, MethodParams, register_method
@@ -51,6 +52,8 @@ class PromptGuardrail(Method):
             out.system_prompt = instruction.strip() + (f"\n\n{subject.system_prompt}" if subject.system_prompt else "")
         else:  # the template is a format string: the instruction's own braces are doubled
             out.prompt_template = instruction.replace("{", "{{").replace("}", "}}") + subject.prompt_template
+            # lm-eval's prompts are not ours: utility puts the instruction before them itself
+            out.info[GUARD_INSTRUCTION] = instruction
         return None
 
 

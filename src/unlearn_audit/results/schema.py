@@ -58,6 +58,7 @@ class Evaluation(BaseModel):
     forget_heldout_acc: float | None
     retain_acc: float | None
     unrelated_acc: float | None
+    utility: dict[str, float | None] | None = None   # lm-eval scores, "<task>/<metric>" (utility: in the experiment)
 
 
 class AttackResult(BaseModel):
