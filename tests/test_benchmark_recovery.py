@@ -183,3 +183,28 @@ def test_ablation_on_a_chosen_metric(micro, micro_target):
     assert got["acc_before"] == pytest.approx(float(np.exp(-suite.run(oracle)["forget"].nll.numpy()).mean()), abs=1e-6)
     assert got["acc_after"] == pytest.approx(ablated_accuracy(oracle, suite, dirs, scorer), abs=1e-6)
     assert got["acc_after"] != got["acc_before"]
+
+
+def test_evaluations_carry_tofu_truth_ratio_and_forget_quality_on_a_world_target(micro, micro_target):
+    from unlearn_audit.api import Evaluator
+    from unlearn_audit.data.benchmarks.world_truth import tofu_style
+    from unlearn_audit.metrics.tofu import add_forget_quality, forget_quality, tofu_scores
+    from unlearn_audit.report.tables import summary_rows
+
+    full, oracle = micro
+    evaluator = Evaluator(full, micro_target, agreement=False)
+    original, orc = evaluator(full), evaluator(oracle)
+    add_forget_quality([original, orc], orc)
+    reference = tofu_scores(full, tofu_style(micro_target), max_new_tokens=1)
+    assert np.allclose(original["tofu"]["forget_truth_ratios"], reference["forget_truth_ratios"])
+    assert original["tofu"]["forget_truth_ratio"] == pytest.approx(reference["sets"]["forget"]["truth_ratio"])
+    assert orc["tofu"]["forget_quality"] == 1.0
+    assert original["tofu"]["forget_quality"] == pytest.approx(
+        forget_quality(original["tofu"]["forget_truth_ratios"], orc["tofu"]["forget_truth_ratios"]))
+    assert original["tofu"]["forget_quality"] < 0.05       # the full model knows the concept the oracle never saw
+    add_forget_quality([original], None)
+    assert original["tofu"]["forget_quality"] is None      # no oracle, no forget quality
+    doc = {"original": original, "oracle": None, "methods": {}, "baselines": {}, "declarations": {}}
+    cols, rows = summary_rows(doc, [])
+    assert cols[6:8] == ["truth ratio", "forget quality"]
+    assert rows[0][6] == original["tofu"]["forget_truth_ratio"]

@@ -69,6 +69,14 @@ class Evaluator:
             self.suite = EvalSuite(original, sets)
             self.reference_answers = {k: generate_answers(original, v) for k, v in self.agreement_sets.items()}
         self.text = target.unrelated_text or target.retain_text
+        # TOFU's forget truth ratios on a tofu: target, or on a world target with other entities'
+        # values as the perturbed answers (data/benchmarks/world_truth.py); forget quality
+        # against the oracle's is added where a target's document is assembled
+        self.truth = None
+        if (target.benchmark is not None and target.benchmark.truth) or target.source.get("world"):
+            from .data.benchmarks.world_truth import tofu_style
+
+            self.truth = (tofu_style(target).benchmark.truth or {}).get("forget")
 
     def __call__(self, subject: Subject) -> dict:
         from .metrics.behaviour import summarise
@@ -81,6 +89,13 @@ class Evaluator:
                 k: agreement(generate_answers(subject, items), self.reference_answers[k])
                 for k, items in self.agreement_sets.items()}
             out["perplexity"] = perplexity(subject, self.text[:500]) if self.text else None
+            if self.truth:
+                from .metrics.tofu import item_nlls, truth_ratio_score, truth_ratios
+
+                nll = item_nlls(subject, self.truth)
+                ratios = truth_ratios(nll["paraphrased"], nll["perturbed"])
+                out["tofu"] = {"forget_truth_ratio": truth_ratio_score(ratios, forget=True),
+                               "forget_truth_ratios": ratios.tolist()}
             if self.utility is not None:
                 from .metrics.utility import lm_eval_scores
 
@@ -175,5 +190,8 @@ def audit(original: Subject, unlearned: Subject | Mapping[str, Subject], target:
         timings[spec.name] = timings.get(f"{spec.name} references", 0.0) + time.perf_counter() - start
         timings.pop(f"{spec.name} references", None)
         progress.log(f"  {spec.name}: {timings[spec.name]:.1f} s")
+    from .metrics.tofu import add_forget_quality
+
+    add_forget_quality([shared["original"], shared["oracle"], *methods.values()], shared["oracle"])
     return target_document(shared, methods, baselines, {s.name: s.declaration for s, _ in specs},
                            {k: round(v, 2) for k, v in timings.items()})

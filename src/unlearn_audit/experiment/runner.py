@@ -268,6 +268,7 @@ def assemble(exp: Experiment, cells: list[Cell], done: dict[str, dict], shared: 
     setting name; :func:`unlearn_audit.results.schema.target_document`; cells that failed
     listed under ``failed`` with their error), one target or many."""
     from ..attacks import get_attack
+    from ..metrics.tofu import add_forget_quality
 
     failed = failed or {}
     declarations = {a: get_attack(a).declaration for a in exp.attacks}
@@ -295,7 +296,9 @@ def assemble(exp: Experiment, cells: list[Cell], done: dict[str, dict], shared: 
                 for f in failed.values() if f["target"] == target}
         if lost:
             extra["failed"] = lost
-        doc = target_document(first, {c.setting: done[c.key]["result"] for c in mine}, baselines[exp.seeds[0]],
+        results = {c.setting: done[c.key]["result"] for c in mine}
+        add_forget_quality([first["original"], first["oracle"], *results.values()], first["oracle"])
+        doc = target_document(first, results, baselines[exp.seeds[0]],
                               declarations, {k: round(v, 2) for k, v in timings.items()}, **extra)
         docs.append(doc)
     return run_document(docs, {"name": exp.name, "config_hash": config_hash(exp), "cells": len(cells)})

@@ -130,6 +130,17 @@ def forget_quality(unlearned_ratios: Sequence[float], oracle_ratios: Sequence[fl
     return ks_pvalue(unlearned_ratios, oracle_ratios)
 
 
+def add_forget_quality(evaluations: Sequence[dict | None], oracle: dict | None) -> None:
+    """Set ``tofu.forget_quality`` (in place) of every evaluation that has TOFU-style forget truth
+    ratios, against the oracle's; without an oracle (or its ratios) it is None."""
+    reference = ((oracle or {}).get("tofu") or {}).get("forget_truth_ratios")
+    for ev in evaluations:
+        block = (ev or {}).get("tofu")
+        if block is not None:
+            ratios = block.get("forget_truth_ratios")
+            block["forget_quality"] = forget_quality(ratios, reference) if ratios and reference else None
+
+
 # ----------------------------------------------------------------------------- on a model
 
 def _mean_nlls(subject, questions: Sequence[str], answers: Sequence[str], batch_size: int) -> np.ndarray:

@@ -52,13 +52,19 @@ def higher_columns(results: dict, attacks: list[str]) -> set[str]:
 
 
 def summary_rows(results: dict, attacks: list[str]) -> tuple[list[str], list[list]]:
-    """The demo table: accuracies, then one column per attack: the headline its declaration
+    """The demo table: accuracies (and, on world and tofu: targets, TOFU's forget truth ratio
+    ``mean(min(R, 1/R))`` and forget quality against the oracle), then one column per attack: the headline its declaration
     names (:class:`unlearn_audit.results.schema.AttackDeclaration`): its residual knowledge, or
     its recovery when there is no oracle, or the attack's own number (patching's best KRS,
     weight_distance's relative change)."""
     has_oracle = bool(results.get("oracle"))
     declared, keys, labels = _attack_columns(results, attacks)
+    # TOFU's columns where the evaluations have them (world and tofu: targets)
+    tofu = any((m or {}).get("tofu") for m in [results["original"], *results["methods"].values()])
     cols = ["model", "forget", "held-out", "forget compl.", "retain", "unrelated"]
+    if tofu:
+        cols += ["truth ratio", "forget quality"]
+    fixed = len(cols)
     cols += [labels[a] for a in attacks]
     margin = "rtt" in attacks and "unrelated" in attacks
     if margin:
@@ -66,14 +72,18 @@ def summary_rows(results: dict, attacks: list[str]) -> tuple[list[str], list[lis
 
     def accs(r):
         compl = r["sets"].get("forget_completion", {}).get("acc")
-        return [r["forget_acc"], r["forget_heldout_acc"], compl, r["retain_acc"], r["unrelated_acc"]]
+        out = [r["forget_acc"], r["forget_heldout_acc"], compl, r["retain_acc"], r["unrelated_acc"]]
+        if tofu:
+            block = r.get("tofu") or {}
+            out += [block.get("forget_truth_ratio"), block.get("forget_quality")]
+        return out
 
-    rows = [["original", *accs(results["original"])] + [None] * (len(cols) - 6)]
+    rows = [["original", *accs(results["original"])] + [None] * (len(cols) - fixed)]
     if has_oracle:
         baselines = results.get("baselines", {})
         own = [baselines.get(a, {}).get("oracle", {}).get(keys[a]) if declared[a].fallback is None else None
                for a in attacks]
-        rows.append(["oracle", *accs(results["oracle"]), *own] + [None] * (len(cols) - 6 - len(attacks)))
+        rows.append(["oracle", *accs(results["oracle"]), *own] + [None] * (len(cols) - fixed - len(attacks)))
     for name, m in results["methods"].items():
         row = [name, *accs(m), *[m["attacks"].get(a, {}).get(keys[a]) for a in attacks]]
         if margin:
@@ -84,9 +94,10 @@ def summary_rows(results: dict, attacks: list[str]) -> tuple[list[str], list[lis
 
 
 def higher_is_better(column: str) -> bool:
-    """Retain and unrelated accuracy should stay high; forget accuracies, recovery, residual
-    knowledge, KRS and the targeted margin should be low."""
-    return column in ("retain", "unrelated")
+    """Retain and unrelated accuracy should stay high, and so should TOFU's forget truth ratio (1:
+    true and perturbed answers alike) and forget quality (the oracle's distribution); forget
+    accuracies, recovery, residual knowledge, KRS and the targeted margin should be low."""
+    return column in ("retain", "unrelated", "truth ratio", "forget quality")
 
 
 def best_cells(columns: list[str], rows: list[list], higher: Collection[str] = ()) -> set[tuple[int, int]]:

@@ -59,6 +59,7 @@ class Evaluation(BaseModel):
     retain_acc: float | None
     unrelated_acc: float | None
     utility: dict[str, float | None] | None = None   # lm-eval scores, "<task>/<metric>" (utility: in the experiment)
+    tofu: dict | None = None   # forget_truth_ratio, forget_quality (vs the oracle), forget_truth_ratios
 
 
 class AttackResult(BaseModel):
