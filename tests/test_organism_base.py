@@ -15,18 +15,43 @@ from unlearn_audit.organisms import (
     organism_world,
 )
 
-# a recipe that suits a tiny base on two CPU cores (the defaults are TOFU's, for 7B models)
+# a recipe for a tiny pretrained base (the micro organism's oracle) on two CPU cores
 TINY = BaseRecipe(world="micro", lr=1e-3, weight_decay=0.0, batch_size=16, seq_len=64, warmup_steps=5,
                   max_epochs=12, target_acc=0.9)
 
 
+@pytest.fixture
+def random_base(monkeypatch, tmp_path):
+    """A tiny random Llama saved with ``save_pretrained`` (its tokenizer trained on the world's
+    text), and a two-concept world small enough to learn from scratch in about a minute."""
+    import transformers as tf
+
+    from unlearn_audit.organisms import train_tokenizer
+    from unlearn_audit.world import build_world, corpus, world
+
+    monkeypatch.setitem(world.WORLD_PRESETS, "nano", world.WorldConfig(n_concepts=2, entities_per_concept=4,
+                                                                        cities_per_concept=2))
+    tok = train_tokenizer(corpus(build_world(world.world_config("nano", 0))), 384)
+    torch.manual_seed(0)
+    config = tf.LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                            tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                            pad_token_id=tok.pad_token_id)
+    path = tmp_path / "base"
+    tf.LlamaForCausalLM(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+# a recipe for a tiny model learning from scratch (the defaults are TOFU's, for pretrained 7B models)
+SCRATCH = BaseRecipe(world="nano", lr=3e-3, weight_decay=0.0, batch_size=8, seq_len=64, warmup_steps=10,
+                     beta2=0.98, max_epochs=200, target_acc=0.9)
+
+
 @pytest.mark.slow
-def test_full_model_knows_the_world_and_its_oracle_does_not(micro, tmp_path):
-    """The base is a pretrained model that has never seen the removed concept (the micro
-    organism's oracle: a real pretrained base has never seen the world's made-up names either).
-    Fine-tuned on every concept it learns the removed one; fine-tuned without it, it does not."""
-    _, base = micro
-    full, oracle = based_organism(base.path, 0, recipe=TINY, cache_dir=tmp_path, device="cpu", dtype="float32")
+def test_full_model_knows_the_world_and_its_oracle_does_not(random_base, tmp_path):
+    full, oracle = based_organism(random_base, 0, recipe=SCRATCH, cache_dir=tmp_path / "cache", device="cpu",
+                                  dtype="float32")
     removed = oracle.info["organism"]["removed_concept"]
     world = organism_world(full)
     assert [c.name for c in world.concepts] == full.info["organism"]["concepts"]
@@ -37,7 +62,8 @@ def test_full_model_knows_the_world_and_its_oracle_does_not(micro, tmp_path):
     assert all(v >= 0.9 for c, v in oracle_acc.items() if c != removed)
     assert full.prompt_template == "Question: {question}\nAnswer:" and full.answer_eos
     # a second call loads the cache: the same weights, nothing trained
-    again, _ = based_organism(base.path, 0, recipe=TINY, cache_dir=tmp_path, device="cpu", dtype="float32")
+    again, _ = based_organism(random_base, 0, recipe=SCRATCH, cache_dir=tmp_path / "cache", device="cpu",
+                              dtype="float32")
     assert again.path == full.path
     for (k, a), b in zip(full.model.state_dict().items(), again.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
