@@ -208,3 +208,21 @@ def test_evaluations_carry_tofu_truth_ratio_and_forget_quality_on_a_world_target
     cols, rows = summary_rows(doc, [])
     assert cols[6:8] == ["truth ratio", "forget quality"]
     assert rows[0][6] == original["tofu"]["forget_truth_ratio"]
+
+
+def test_in_context_on_answer_probability(micro, micro_target):
+    from unlearn_audit.attacks import get_attack
+
+    full, oracle = micro
+    spec = get_attack("in_context")
+    params = spec.params({"metric": "answer_prob", "shots": [0, 2], "draws": 1, "variants": ["heldout"]})
+    out = spec.run(full, {"none": oracle}, oracle, micro_target, params)
+    got = out["methods"]["none"]
+    heldout = [q for q in micro_target.forget_heldout_qa if q.kind == "qa"]
+    suite = EvalSuite(full, {"heldout": heldout})
+    for subject, curve in ((oracle, got["curves"]), (full, out["baselines"]["original"])):
+        want = float(np.exp(-suite.run(subject)["heldout"].nll.numpy()).mean())
+        assert curve["heldout"]["acc"][0] == pytest.approx(want, rel=1e-4)
+    assert got["metric"] == "answer_prob" and 0 < got["curves"]["heldout"]["acc"][1] < 1
+    with pytest.raises(UserInputError, match="metric"):
+        spec.params({"metric": "rouge_l"})

@@ -16,7 +16,10 @@ gets the demonstrations as text in the plain ``Question: ... Answer:`` form); th
 (``forget_heldout_qa``), whose facts the demonstrations do not contain. Each k > 0 is drawn
 ``draws`` times (seeded; the same demonstrations for every model and question; k is capped at
 the train half's size) and averaged; k = 0 is the plain prompt, so its accuracy is the ordinary
-QA accuracy. Accuracy is the usual teacher-forced exact match (:mod:`unlearn_audit.metrics.qa`).
+QA accuracy. Accuracy is the usual teacher-forced exact match (:mod:`unlearn_audit.metrics.qa`);
+``metric=answer_prob`` scores ``exp(-mean token NLL)`` of the answer instead (TOFU's Prob., for
+sentence-long answers that exact match never gets right). The other per-item metrics of the
+relearning attacks are not offered here: their prompts are the benchmark's own, not these.
 
 Variants (``variants``; ``completion`` is off by default, it triples the cost), each reported as
 accuracy vs k:
@@ -74,6 +77,8 @@ class InContextParams(AttackParams):
     adversarial_prefix: str = Field(DEFAULT_PREFIX, description="Put before the prompt in the adversarial "
                                                                 "variant; {concept} is replaced.")
     batch_size: int = Field(64, ge=1)
+    metric: Literal["exact_match", "answer_prob"] = Field("exact_match", description="Per-item score: teacher-forced "
+                                                          "exact match, or the answer's probability exp(-mean NLL).")
 
     @field_validator("shots")
     @classmethod
@@ -158,14 +163,16 @@ def encode_conditions(subject, conditions: list[dict]) -> tuple[dict, list[slice
     return concat_batches(*parts, pad_id=pad), slices
 
 
-def curves(subject, conditions: list[dict], batch_size: int) -> dict:
-    """``{variant: {"k": [...], "acc": [...]}}`` (mean over draws) for one subject."""
+def curves(subject, conditions: list[dict], batch_size: int, metric: str = "exact_match") -> dict:
+    """``{variant: {"k": [...], "acc": [...]}}`` (mean over draws) for one subject; ``acc`` is
+    the mean per-item score under ``metric``."""
     data, slices = encode_conditions(subject, conditions)
     limit = getattr(subject.model.config, "max_position_embeddings", None)
     if limit and data["input_ids"].shape[1] > limit:
         raise UserInputError(f"in_context: prompts reach {data['input_ids'].shape[1]} tokens, more than the "
                              f"model's {limit}; use fewer shots")
-    correct = score_encoded(subject.model, data, batch_size).correct.float()
+    scores = score_encoded(subject.model, data, batch_size)
+    correct = scores.correct.float() if metric == "exact_match" else torch.exp(-scores.nll.float())
     acc: dict[str, dict[int, list[float]]] = {}
     for c, sl in zip(conditions, slices, strict=True):
         acc.setdefault(c["variant"], {}).setdefault(c["k"], []).append(float(correct[sl].mean()))
@@ -209,9 +216,10 @@ class InContext(Attack):
 
     def measure(self, subject, conditions: list[dict], params: InContextParams, role: str) -> dict:
         with torch.no_grad():
-            return curves(subject, conditions, params.batch_size)
+            return curves(subject, conditions, params.batch_size, params.metric)
 
     def score(self, c: dict, original: dict, oracle: dict | None, setup, params, name: str) -> dict:
         variants = summary(c, original, oracle)
         head = variants["heldout"]
-        return {"recovery": head["recovery"], "residual": head["residual"], "curves": c, "variants": variants}
+        return {"recovery": head["recovery"], "residual": head["residual"], "curves": c, "variants": variants,
+                "metric": params.metric}
