@@ -29,8 +29,9 @@ GRIDS = {
            "forget_on": ["qa", "both"]},
     "npo_gd": {"beta": [1.0, 3.0], "lr": [1e-4, 3e-4], "steps": [60, 120], "retain_weight": [1.0, 5.0, 20.0],
                "forget_on": ["qa", "both"]},
+    # forget_on both only since issue 15's re-run (both won the first sweep, and kl's re-run)
     "npo_kl": {"beta": [1.0, 3.0], "lr": [1e-4, 3e-4], "steps": [60, 120], "retain_weight": [1.0, 5.0, 20.0],
-               "forget_on": ["qa", "both"]},
+               "forget_on": ["both"]},
     "simnpo": {"beta": [2.5], "lr": [1e-4, 3e-4], "steps": [30, 60, 120], "retain_weight": [1.0, 5.0],
                "forget_on": ["qa", "both"]},
     # retain_weight up to 100: the forget term carries 2/beta (20 at beta 0.1) since issue 15;

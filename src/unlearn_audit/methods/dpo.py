@@ -40,12 +40,11 @@ class DPOParams(RetainParams):
     beta: float = Field(0.1, gt=0, description="Inverse temperature of the preference loss.")
     scale: Literal["2/beta", "1"] = Field(
         "2/beta", description="Factor of the preference term: 2/beta (open-unlearning) or 1 (Rafailov et al., TOFU).")
-    # steps, lr from the sweep on the default organism (BENCHMARKS.md); none forgets to <= 0.2
-    # there without breaking unrelated QA. The sweep picked retain_weight 5 without the 2/beta
-    # factor; 100 = 5 x 2/beta keeps that balance under open-unlearning's scale (issue 15)
+    # steps, lr, retain_weight re-picked by the sweep under the 2/beta scale (issue 15,
+    # BENCHMARKS.md; beta fixed at open-unlearning's 0.1): forget 0.06 with unrelated 0.94
     steps: int = Field(120, ge=0, le=MAX_STEPS)
-    lr: float = Field(1e-3, gt=0)
-    retain_weight: float = Field(100.0, ge=0)
+    lr: float = Field(3e-4, gt=0)
+    retain_weight: float = Field(5.0, ge=0)
     preferred: list[str] = Field(list(IDK_ANSWERS), min_length=1,
                                  description="Preferred answers; each forget question gets one (seeded).")
 

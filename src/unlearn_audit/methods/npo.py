@@ -55,6 +55,11 @@ class NPORetainParams(RetainParams):
 
 
 class NPOKLParams(NPORetainParams):
+    # re-picked by the sweep for issue 15's all-positions KL (BENCHMARKS.md; forget_on both only)
+    beta: float = Field(1.0, gt=0, description="Inverse temperature of the preference loss.")
+    steps: int = Field(60, ge=0, le=MAX_STEPS)
+    lr: float = Field(3e-4, gt=0)
+    retain_weight: float = Field(20.0, ge=0)
     kl_positions: Literal["all", "answer"] = Field(
         "all", description="Retain KL over every position of the batch (all: open-unlearning) or over the "
                            "labelled positions only (answer).")
