@@ -374,7 +374,9 @@ def test_new_attacks_on_the_unchanged_model(results):
 def test_summary_table_has_one_column_per_attack(results):
     r, _ = results
     cols, rows = summary_rows(r, NEW_ATTACKS)
-    assert len(cols) == 6 + len(NEW_ATTACKS) and all(len(row) == len(cols) for row in rows)
+    # accuracies, TOFU's two columns (a world target), one per attack
+    assert cols[6:8] == ["truth ratio", "forget quality"]
+    assert len(cols) == 8 + len(NEW_ATTACKS) and all(len(row) == len(cols) for row in rows)
     assert "weight_distance rel. Δw" in cols and "probe residual" in cols
     oracle_row = next(row for row in rows if row[0] == "oracle")
     assert oracle_row[cols.index("weight_distance rel. Δw")] > 0.1          # retraining moves every weight

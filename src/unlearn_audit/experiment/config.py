@@ -124,7 +124,7 @@ class Experiment(BaseModel):
     agreement: bool = Field(True, description="Also score every model's greedy answers against the original's "
                             "(ROUGE-L, BLEU): one generation per QA set and model, the costliest part of evaluating.")
     utility: UtilityConfig | None = Field(None, description="General utility through lm-evaluation-harness on every "
-                                          "model: {lm_eval: [mmlu, arc_easy], limit: N} (the lm_eval extra).")
+                                          "model: {lm_eval: [mmlu, arc_easy], limit: N} (the lmeval extra).")
     out: str | None = Field(None, description="Run directory (default runs/<name>).")
     threads: int | None = Field(None, ge=1, le=4096, description="CPU threads (default: all cores). The number "
                                 "used is part of the config hash: results differ in the last digits by thread count.")

@@ -27,7 +27,7 @@ def require_lm_eval():
     try:
         import lm_eval
     except ImportError:
-        raise UserInputError("utility: lm_eval needs lm-evaluation-harness: pip install 'unlearn-audit[lm_eval]'") from None
+        raise UserInputError("utility: lm_eval needs lm-evaluation-harness: pip install 'unlearn-audit[lmeval]'") from None
     return lm_eval
 
 
