@@ -72,11 +72,9 @@ class Evaluator:
         # TOFU's forget truth ratios on a tofu: target, or on a world target with other entities'
         # values as the perturbed answers (data/benchmarks/world_truth.py); forget quality
         # against the oracle's is added where a target's document is assembled
-        self.truth = None
-        if (target.benchmark is not None and target.benchmark.truth) or target.source.get("world"):
-            from .data.benchmarks.world_truth import tofu_style
+        from .data.benchmarks.world_truth import truth_rows
 
-            self.truth = (tofu_style(target).benchmark.truth or {}).get("forget")
+        self.truth = truth_rows(target).get("forget")
 
     def __call__(self, subject: Subject) -> dict:
         from .metrics.behaviour import summarise

@@ -22,7 +22,7 @@ import torch
 from pydantic import Field
 
 from ..data.encode import encode_qa
-from ..metrics.itemwise import ItemScorer
+from ..metrics.itemwise import ItemScorer, chosen_scorer, set_means
 from ..metrics.qa import EvalSuite
 from ..metrics.recovery import recovery, residual
 from ..params import ItemMetric, MaxNewTokens
@@ -53,11 +53,6 @@ def directions(source: dict, subject) -> dict[Site, torch.Tensor]:
     return {s: (a[s] - b[s]) / (a[s] - b[s]).norm().clamp(min=1e-12) for s in sites}
 
 
-def forget_score(subject, suite: EvalSuite, scorer: ItemScorer | None) -> float:
-    """Forget QA accuracy, or its mean score under the chosen metric."""
-    return suite.accuracies(subject)["forget"] if scorer is None else scorer.means(subject)["forget"]
-
-
 def ablated_accuracy(subject, suite: EvalSuite, dirs: dict[Site, torch.Tensor], scorer: ItemScorer | None = None) -> float:
     def project_out(r):
         def fn(h):
@@ -66,7 +61,7 @@ def ablated_accuracy(subject, suite: EvalSuite, dirs: dict[Site, torch.Tensor], 
         return fn
 
     with hooks(subject.model, {s: project_out(r) for s, r in dirs.items()}):
-        return forget_score(subject, suite, scorer)
+        return set_means(subject, suite, scorer)["forget"]
 
 
 def _source(target, params: AblationParams):
@@ -84,12 +79,11 @@ class Ablation(Attack):
 
     def setup(self, original, target, params, references=None):
         suite = EvalSuite(original, {"forget": target.all_forget_qa})
-        scorer = (ItemScorer(suite, target, params.metric, ("forget",), params.max_new_tokens)
-                  if params.metric != "exact_match" else None)
-        return {"suite": suite, "scorer": scorer, "source": source_means(original, _source(target, params))}
+        return {"suite": suite, "scorer": chosen_scorer(suite, target, params.metric, ("forget",), params.max_new_tokens),
+                "source": source_means(original, _source(target, params))}
 
     def measure(self, subject, setup: dict, params: AblationParams, role: str) -> dict:
-        acc = forget_score(subject, setup["suite"], setup["scorer"])
+        acc = set_means(subject, setup["suite"], setup["scorer"])["forget"]
         if role == "original":
             return {"acc": acc}
         dirs = directions(setup["source"], subject)

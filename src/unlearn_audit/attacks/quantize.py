@@ -80,7 +80,7 @@ import torch
 from pydantic import Field, model_validator
 
 from ..errors import UserInputError
-from ..metrics.itemwise import ItemScorer
+from ..metrics.itemwise import ItemScorer, chosen_scorer, set_means
 from ..metrics.qa import EvalSuite
 from ..metrics.recovery import recovery, residual
 from ..params import ItemMetric, MaxNewTokens
@@ -318,13 +318,10 @@ def quantized(model, bits: int, scheme: Scheme = "bnb", group_size: int = 128, b
 def _accuracies(subject, suite: EvalSuite, params: QuantizeParams, bits: list[int], scorer: ItemScorer | None) -> dict:
     """``{"full" | "int<b>": {set: mean score}}``: exact-match accuracy, or the mean per-item
     score of ``scorer`` (the chosen metric)."""
-    def score() -> dict[str, float]:
-        return suite.accuracies(subject) if scorer is None else scorer.means(subject)
-
-    out = {"full": score()}
+    out = {"full": set_means(subject, suite, scorer)}
     for b in bits:
         with quantized(subject.model, b, params.scheme, params.group_size, params.bnb_4bit, params.int8_threshold):
-            out[f"int{b}"] = score()
+            out[f"int{b}"] = set_means(subject, suite, scorer)
     return out
 
 
@@ -350,9 +347,8 @@ class Quantize(Attack):
         sets = {k: v for k, v in (("forget", forget), ("retain", sample_items(target.retain_qa, len(forget), params.seed)))
                 if v}
         suite = EvalSuite(original, sets)
-        scorer = (ItemScorer(suite, target, params.metric, ("forget",), params.max_new_tokens)
-                  if params.metric != "exact_match" else None)
-        return {"bits": bits, "suite": suite, "scorer": scorer}
+        return {"bits": bits, "suite": suite,
+                "scorer": chosen_scorer(suite, target, params.metric, ("forget",), params.max_new_tokens)}
 
     def measure(self, subject, setup: dict, params: QuantizeParams, role: str) -> dict:
         acc = _accuracies(subject, setup["suite"], params, setup["bits"], setup["scorer"])

@@ -33,7 +33,7 @@ from pydantic import Field, model_validator
 
 from ..data.encode import encode_qa, encode_texts
 from ..errors import UserInputError
-from ..metrics.itemwise import ItemScorer
+from ..metrics.itemwise import ItemScorer, chosen_scorer
 from ..metrics.likelihood import mean_token_nll
 from ..metrics.qa import EvalSuite
 from ..metrics.recovery import bootstrap_intervals, curve_auc, recovery, residual, steps_to_fraction
@@ -183,8 +183,7 @@ class Relearn(Attack):
         missing = [k for k in self.kind.eval_sets if k not in suite.names]
         if missing:
             raise UserInputError(f"attack {self.name!r} needs the target's {', '.join(missing)} QA set")
-        scorer = (ItemScorer(suite, target, params.metric, self.kind.eval_sets, params.max_new_tokens)
-                  if params.metric != "exact_match" else None)
+        scorer = chosen_scorer(suite, target, params.metric, self.kind.eval_sets, params.max_new_tokens)
         setup = {"suite": suite, "data": _train_data(original, target, self.kind, params.max_length), "scorer": scorer}
         if params.reemergence:  # concept neurons are tracked on the first run
             probe = concept_probe(original, target, params.top_frac, params.seed)

@@ -27,6 +27,17 @@ from ..errors import UserInputError
 METRICS = ("exact_match", "answer_prob", "rouge_l", "truth_ratio", "mc_accuracy")
 
 
+def chosen_scorer(suite, target, metric: str, required: Sequence[str], max_new_tokens: int) -> ItemScorer | None:
+    """An attack's scorer for ``metric``, or None for exact match (the suite's own accuracies,
+    as the attacks computed them before a metric could be chosen)."""
+    return None if metric == "exact_match" else ItemScorer(suite, target, metric, required, max_new_tokens)
+
+
+def set_means(subject, suite, scorer: ItemScorer | None) -> dict[str, float]:
+    """Each set's mean score: exact-match accuracy (``scorer`` None) or the chosen metric's."""
+    return suite.accuracies(subject) if scorer is None else scorer.means(subject)
+
+
 class ItemScorer:
     """Scores the sets of an :class:`~unlearn_audit.metrics.qa.EvalSuite` on a subject under
     ``metric``: ``scorer(subject) -> {set: (n,) float array}``.
@@ -44,15 +55,13 @@ class ItemScorer:
         self.rouge_stem = rouge_stem
         self.rows: dict[str, list] = {}  # set -> benchmark rows aligned with its items
         self.description = target.benchmark.mc_description if target.benchmark else ""
-        if metric == "truth_ratio" and target.benchmark is None and target.source.get("world"):
-            from ..data.benchmarks.world_truth import tofu_style
-
-            target = tofu_style(target)
         if metric in ("truth_ratio", "mc_accuracy"):
-            b = target.benchmark
             if metric == "truth_ratio":
-                pool = {t.question: t for rows in (b.truth.values() if b else []) for t in rows}
+                from ..data.benchmarks.world_truth import truth_rows
+
+                pool = {t.question: t for rows in truth_rows(target).values() for t in rows}
             else:
+                b = target.benchmark
                 pool = {m.question.strip(): m for m in (b.mc if b else [])}
             start = 0
             for name, size in zip(suite.names, suite.sizes, strict=True):

@@ -21,6 +21,16 @@ from .items import BenchmarkData, TruthItem
 N_PERTURBED = 5  # as TOFU's forget sets
 
 
+def truth_rows(target) -> dict[str, list[TruthItem]]:
+    """A target's TOFU truth rows by set: a benchmark's own (``tofu:``), a world target's from
+    :func:`tofu_style`, or none."""
+    if target.benchmark is not None:
+        return target.benchmark.truth or {}
+    if target.source.get("world"):
+        return tofu_style(target).benchmark.truth
+    return {}
+
+
 def tofu_style(target, n_perturbed: int = N_PERTURBED, seed: int = 0):
     """A copy of a world ``target`` with TOFU-style truth rows (see the module docstring); a
     target that has benchmark rows already is returned as it is."""
