@@ -51,9 +51,12 @@ class Evaluator:
     """Behavioural evaluation of many subjects on one target, sharing the encoded sets and the
     original model's greedy answers (the reference for ROUGE-L/BLEU agreement)."""
 
-    def __init__(self, original: Subject, target: Target, agreement: bool = True, utility=None):
+    def __init__(self, original: Subject, target: Target, agreement: bool = True, utility=None,
+                 reference_answers: Mapping[str, list[str]] | None = None):
         """``utility``: a :class:`~unlearn_audit.metrics.utility.UtilityConfig` (lm-eval tasks
-        scored on every model, under ``utility``), or None."""
+        scored on every model, under ``utility``), or None. ``reference_answers``: the
+        original's greedy answers per agreement set as :func:`references` stored them (a worker
+        of a cluster run takes them from the shared work instead of generating them again)."""
         from .metrics.generation import generate_answers
         from .metrics.qa import EvalSuite
 
@@ -67,7 +70,9 @@ class Evaluator:
         self.agreement_sets = {k: sets[k] for k in AGREEMENT_SETS if k in sets} if agreement else {}
         with resident(original.model):
             self.suite = EvalSuite(original, sets)
-            self.reference_answers = {k: generate_answers(original, v) for k, v in self.agreement_sets.items()}
+            stored = reference_answers or {}
+            self.reference_answers = {k: list(stored[k]) if len(stored.get(k, ())) == len(v) else
+                                      generate_answers(original, v) for k, v in self.agreement_sets.items()}
         self.text = target.unrelated_text or target.retain_text
         # TOFU's forget truth ratios on a tofu: target, or on a world target with other entities'
         # values as the perturbed answers (data/benchmarks/world_truth.py); forget quality
@@ -130,7 +135,8 @@ def references(original: Subject, target: Target, attacks: Sequence[str] = DEFAU
     evaluator = evaluator or Evaluator(original, target)
     out: dict[str, Any] = {"subject": original.name, "concept": target.name,
                            "original": evaluator(original),
-                           "oracle": evaluator(oracle) if oracle is not None else None, "attacks": {}}
+                           "oracle": evaluator(oracle) if oracle is not None else None, "attacks": {},
+                           "reference_answers": evaluator.reference_answers}
     timings["evaluate"] = time.perf_counter() - start
     for attack, params in attack_specs(attacks, attack_params):
         start = time.perf_counter()

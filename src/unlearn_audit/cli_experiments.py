@@ -1,6 +1,7 @@
 """The experiment commands: ``run``, ``results``, ``report``, ``compare``.
 
-    unlearn-audit run experiment.yaml [--fresh] [--out DIR] [--dry-run] [--json]
+    unlearn-audit run experiment.yaml [--fresh] [--out DIR] [--executor ray --workers 8] [--dry-run] [--json]
+    unlearn-audit status RUN_DIR [--json]
     unlearn-audit results RUN_DIR [--format table|csv|json] [--metric GLOB] [--attack A]
     unlearn-audit report RUN_DIR
     unlearn-audit compare RUN_A RUN_B [--changed] [--json]
@@ -23,11 +24,17 @@ def run_cmd(
     out: Annotated[Path | None, typer.Option("--out", help="Run directory (default: the file's out, else runs/<name>).")] = None,
     threads: ThreadsOpt = None,
     report: Annotated[bool, typer.Option("--report/--no-report", help="Write report.html at the end.")] = True,
+    executor: Annotated[str | None, typer.Option("--executor", help="Where cells run: local (this process, the "
+                                                 "default), ray or slurm; overrides the file's executor.kind "
+                                                 "(docs/cluster.md).")] = None,
+    workers: Annotated[int | None, typer.Option("--workers", min=1, help="Cells running at once on ray or slurm "
+                                                "(the file's executor.max_workers).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate the file, its targets and --out, list the "
                                           "cells, and stop (loads no model, writes nothing).")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Run every cell of an experiment file (resuming a killed run), then write results and report."""
+    from .errors import UserInputError
     from .experiment.config import expand, load_experiment
     from .experiment.runner import run_experiment
     from .files import prepare_output_dir
@@ -36,6 +43,13 @@ def run_cmd(
     exp, text = load_experiment(experiment)
     if threads is not None:
         exp = exp.model_copy(update={"threads": threads})
+    if executor is not None or workers is not None:
+        kinds = ("local", "ray", "slurm")
+        if executor is not None and executor not in kinds:
+            raise UserInputError(f"--executor {executor!r} is not one of: {', '.join(kinds)}")
+        changes = {"kind": executor} if executor is not None else {}
+        exp = exp.model_copy(update={"executor": exp.executor.model_copy(
+            update={**changes, **({"max_workers": workers} if workers is not None else {})})})
     if dry_run:
         prepare_output_dir(out or exp.run_dir, "run", create=False)
         cells = [{"target": c.target, "setting": c.setting, "method": c.method, "seed": c.seed, "key": c.key}
@@ -143,9 +157,34 @@ def compare_cmd(
     print(f"{differ} of {total} numbers differ", file=sys.stderr)
 
 
+def status_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Where each cell of a run stands (done, running, failed, pending), from its status.json."""
+    from .experiment.status import read_status
+
+    doc = read_status(run_dir)
+    if as_json:
+        emit_json(doc)
+        return
+    counts = doc["counts"]
+    rows = [[c["setting"], c["target"], c["seed"], c["state"], c["attempts"], c.get("worker", ""),
+             (c.get("error") or "")[:80]] for c in doc["cells"].values()]
+    table(f"{run_dir}: " + ", ".join(f"{counts[k]} {k}" for k in ("done", "running", "failed", "pending")),
+          ["setting", "target", "seed", "state", "attempts", "worker", "last error"], rows)
+    when = f"executor {doc['executor']}, updated {doc['updated']}"
+    if doc["driver_running"]:
+        print(f"{when}; the driver (pid {doc['driver_pid']}) is running", file=sys.stderr)
+    else:
+        stale = " (cells marked running were running when it stopped)" if counts["running"] else ""
+        print(f"{when}; no driver is running{stale}: unlearn-audit run resumes it", file=sys.stderr)
+
+
 def register(app: typer.Typer) -> None:
     """Add the experiment commands to ``app``."""
     app.command("run")(run_cmd)
     app.command("results")(results_cmd)
     app.command("report")(report_cmd)
     app.command("compare")(compare_cmd)
+    app.command("status")(status_cmd)

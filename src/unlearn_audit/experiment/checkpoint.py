@@ -35,13 +35,14 @@ FORMAT = 1
 MANIFEST = "manifest.json"
 # every file a run writes, as a path relative to the run directory; --fresh removes these and
 # nothing else (a user's notes.txt or figures/plot.png beside them stay)
-_TOP = r"manifest\.json|experiment\.yaml|results\.json|results\.sqlite|curves\.jsonl|curves\.csv|" \
+_TOP = r"manifest\.json|experiment\.yaml|status\.json|results\.json|results\.sqlite|curves\.jsonl|curves\.csv|" \
        r"(?:relearn|patching|reemergence)\.png|report\.html"
-_NESTED = r"(?:cells|shared)/[^/]+\.json|figures/(?:\d+-)?(?:tradeoff|relearn|krs|reemergence)\.(?:png|svg)|" \
+# slurm/: submitit's job files (pickles, logs, submission scripts) of the slurm executor
+_NESTED = r"(?:cells|shared)/[^/]+\.json|slurm/(?:\d+[\d_]*/)?[\w.-]+\.(?:pkl|out|err|sh)|figures/(?:\d+-)?(?:tradeoff|relearn|krs|reemergence)\.(?:png|svg)|" \
           r"targets/\d+-[^/]+/(?:results\.json|curves\.jsonl|curves\.csv|(?:relearn|patching|reemergence)\.png)"
 # the same, and the temporary siblings of each (".results.json.x1y2.json": a killed write)
 OWNED = re.compile(rf"^(?:(?:[^/]+/)*\.)?(?:{_TOP}|{_NESTED})(?:\.[^/]*)?$")
-OWNED_DIRS = ("cells", "shared", "figures", "targets")
+OWNED_DIRS = ("cells", "shared", "figures", "targets", "slurm")
 
 
 def seal(doc: dict) -> dict:
@@ -207,3 +208,21 @@ class RunLock:
     def __exit__(self, *exc) -> None:
         if self._file is not None:
             self._file.close()
+
+
+def run_is_locked(out: Path) -> bool:
+    """Whether a run holds the lock of ``out`` now (a driver is running there)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    path = out / ".lock"
+    if not path.is_file():
+        return False
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False

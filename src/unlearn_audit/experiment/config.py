@@ -108,6 +108,33 @@ class SubjectConfig(BaseModel):
         return f"organism:{self.organism}@{self.seed}" if self.organism else str(self.model)
 
 
+class ExecutorConfig(BaseModel):
+    """``executor:`` of an experiment file: where the cells run (``experiment/executors.py``).
+    Not part of the config hash: the same cells give the same numbers on any executor."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["local", "ray", "slurm"] = Field("local", description="local: one cell after another in this "
+                                                   "process; ray: Ray tasks; slurm: Slurm job arrays through submitit.")
+    max_workers: int | None = Field(None, ge=1, le=100_000, description="Cells running at once (default: ray 1 per "
+                                    "cluster CPU / cpus_per_cell; slurm array_parallelism).")
+    cpus_per_cell: int | None = Field(None, ge=1, le=4096, description="CPUs each cell holds (default: the run's "
+                                      "threads).")
+    gpus_per_cell: float = Field(0, ge=0, le=64, description="GPUs each cell holds (Ray's num_gpus; Slurm's "
+                                 "gpus_per_node).")
+    retries: int = Field(2, ge=0, le=100, description="Times a cell whose worker died or whose job failed is "
+                         "submitted again before it counts as failed.")
+    address: str | None = Field(None, description="ray: a cluster to join ('auto', 'ray://host:10001'); default: a "
+                                "local Ray started for the run and stopped after it.")
+    partition: str | None = Field(None, description="slurm: the partition.")
+    time_min: int = Field(240, ge=1, le=100_000, description="slurm: the time limit of one cell's job, minutes.")
+    array_parallelism: int = Field(32, ge=1, le=100_000, description="slurm: jobs of one array running at once.")
+    mem_gb: float | None = Field(None, gt=0, description="slurm: memory of one cell's job.")
+    slurm_args: dict[str, Any] = Field(default_factory=dict, description="slurm: further submitit parameters "
+                                       "(account, qos, constraint, ...) without the slurm_ prefix.")
+    cluster: Literal["slurm", "local"] | None = Field(None, description="slurm: submitit's cluster; 'local' runs "
+                                                      "each job as a local process (tests, a workstation).")
+
+
 class Experiment(BaseModel):
     """A whole experiment; see the module docstring and ``docs/experiments.md``."""
 
@@ -128,6 +155,8 @@ class Experiment(BaseModel):
     out: str | None = Field(None, description="Run directory (default runs/<name>).")
     threads: int | None = Field(None, ge=1, le=4096, description="CPU threads (default: all cores). The number "
                                 "used is part of the config hash: results differ in the last digits by thread count.")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig,
+                                     description="Where cells run: {kind: local | ray | slurm, ...} (docs/cluster.md).")
 
     @model_validator(mode="before")
     @classmethod
@@ -380,8 +409,8 @@ def digest(doc: Any) -> str:
 
 
 def config_hash(exp: Experiment) -> str:
-    """Hash of everything that determines the numbers (not ``out``, ``threads``, ``name`` or
-    ``description``; the number of threads used is in): a run directory refuses to resume under a
+    """Hash of everything that determines the numbers (not ``out``, ``threads``, ``name``,
+    ``description`` or ``executor``; the number of threads used is in): a run directory refuses to resume under a
     different hash."""
     return digest(hashed_config(exp))[:16]
 
@@ -401,7 +430,8 @@ def utility_key(exp: Experiment) -> dict:
 
 
 def hashed_config(exp: Experiment) -> dict:
-    return {**exp.model_dump(exclude={"out", "threads", "name", "description", "utility"}), **utility_key(exp),
+    return {**exp.model_dump(exclude={"out", "threads", "name", "description", "utility", "executor"}),
+            **utility_key(exp),
             "threads": threads_used(exp)}
 
 

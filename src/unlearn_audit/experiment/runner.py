@@ -39,6 +39,7 @@ from .checkpoint import (
 )
 from .config import Cell, Experiment, config_hash, expand
 from .rundir import write_json_atomic, write_results
+from .status import RunStatus
 
 
 @dataclass
@@ -110,13 +111,14 @@ class Subjects:
             self._targets[spec] = target_for(spec, self.original)
         return self._targets[spec]
 
-    def evaluator(self, spec: str):
-        """The behavioural evaluation on a target (it holds the original's greedy answers)."""
+    def evaluator(self, spec: str, reference_answers: dict | None = None):
+        """The behavioural evaluation on a target (it holds the original's greedy answers;
+        ``reference_answers``: those stored with the shared work, not generated again)."""
         from ..api import Evaluator
 
         if spec not in self._evaluators:
             self._evaluators[spec] = Evaluator(self.original, self.target(spec), agreement=self.agreement,
-                                                utility=self.utility)
+                                                utility=self.utility, reference_answers=reference_answers)
         return self._evaluators[spec]
 
     def oracle(self, spec: str):
@@ -169,7 +171,8 @@ def _run_cell(out: Path, exp: Experiment, subjects: Subjects, cell: Cell, shared
         unlearn_s = time.perf_counter() - start
         bar.advance(info="evaluating")
         res = audit(subjects.original, {cell.setting: unlearned}, target, list(exp.attacks),
-                    subjects.oracle(cell.target), attack_params(exp, cell.seed), evaluator=subjects.evaluator(cell.target),
+                    subjects.oracle(cell.target), attack_params(exp, cell.seed),
+                    evaluator=subjects.evaluator(cell.target, shared.get("reference_answers")),
                     shared=shared, on_attack=lambda name: bar.advance(info=name))
     doc = seal({"format": FORMAT, "key": cell.key, "config_hash": config_hash(exp),
                 "cell": {"target": cell.target, "method": cell.method, "setting": cell.setting,
@@ -181,6 +184,42 @@ def _run_cell(out: Path, exp: Experiment, subjects: Subjects, cell: Cell, shared
     progress.log(f"cell {label} {progress.plain(cell.setting)} (seed {cell.seed}) on {progress.plain(cell.target)}: "
                  f"{time.perf_counter() - start:.1f} s")
     return doc
+
+
+def _run_here(out: Path, exp: Experiment, subjects: Subjects, cells: list[Cell], done: dict[str, dict],
+              failed: dict[str, dict], computed: list[str], status: RunStatus) -> dict[tuple[str, int], dict]:
+    """The ``local`` executor: every cell in this process, one after another, each (target,
+    seed)'s shared work first. Fills ``done``, ``failed`` and ``computed``; returns the shared work."""
+    shared: dict[tuple[str, int], dict] = {}
+    reused = len(done)
+    # between steps no model waits on the device: each step brings in the ones it uses
+    with progress.bar("experiment", len(cells)) as overall, off_device_at_rest():
+        overall.advance(reused, info=f"{reused} finished earlier" if reused else "")
+        for target in exp.targets:
+            for seed in exp.seeds:
+                status.shared_task(f"{target} seed {seed}", "running")
+                shared[(target, seed)] = _shared_work(out, exp, subjects, target, seed)
+                status.shared_task(f"{target} seed {seed}", "done")
+                for c in cells:
+                    if c.target == target and c.seed == seed and c.key not in done:
+                        label = f"{len(done) + len(failed) + 1}/{len(cells)}"
+                        status.cell(c.key, "running")
+                        try:
+                            done[c.key] = _run_cell(out, exp, subjects, c, shared[(target, seed)], label)
+                            computed.append(c.setting)
+                            status.cell(c.key, "done")
+                        except UnlearnAuditError as e:  # e.g. a diverging grid point: the rest goes on
+                            failed[c.key] = failure(c, str(e))
+                            status.cell(c.key, "failed", error=str(e))
+                            progress.warn(f"cell {label} {progress.plain(c.setting)} (seed {c.seed}) failed: "
+                                          f"{progress.plain(e)}; the other cells go on")
+                        overall.advance(info=c.setting)
+    return shared
+
+
+def failure(cell: Cell, error: str) -> dict:
+    """What ``results.json`` lists of a failed cell under its target's ``failed``."""
+    return {"target": cell.target, "setting": cell.setting, "method": cell.method, "seed": cell.seed, "error": error}
 
 
 def _finished_cells(out: Path, cells: list[Cell]) -> dict[str, dict]:
@@ -214,8 +253,10 @@ def run_experiment(exp: Experiment, source_text: str | None = None, *, out: str 
     cells = expand(exp)
     out = prepare_output_dir(out or exp.run_dir, "run", create=False)  # refuses a user's directory
     subjects = Subjects(exp)
-    if not out.exists():
-        subjects.load_all(exp.targets)  # a bad model path fails before the directory exists
+    if not out.exists() and (exp.executor.kind == "local" or exp.subject.organism):
+        # a bad model path fails before the directory exists (a cluster's driver does not load a
+        # model of the hub or a disk: its workers do, and a bad path fails the shared work there)
+        subjects.load_all(exp.targets)
     out = prepare_output_dir(out, "run")
     with RunLock(out):
         manifest, start_over = check_manifest(out, exp, fresh, on_change)
@@ -230,26 +271,16 @@ def run_experiment(exp: Experiment, source_text: str | None = None, *, out: str 
         failed: dict[str, dict] = {}
         progress.log(f"experiment {progress.plain(repr(exp.name))}: {len(cells)} cells, {len(reused)} finished "
                      f"earlier, {len(cells) - len(reused)} to run; run directory {progress.plain(out)}")
-        shared: dict[tuple[str, int], dict] = {}
+        status = RunStatus(out, exp.executor.kind, cells, done)
         start = time.perf_counter()
-        # between steps no model waits on the device: each step brings in the ones it uses
-        with progress.bar("experiment", len(cells)) as overall, off_device_at_rest():
-            overall.advance(len(reused), info=f"{len(reused)} finished earlier" if reused else "")
-            for target in exp.targets:
-                for seed in exp.seeds:
-                    shared[(target, seed)] = _shared_work(out, exp, subjects, target, seed)
-                    for c in cells:
-                        if c.target == target and c.seed == seed and c.key not in done:
-                            label = f"{len(done) + len(failed) + 1}/{len(cells)}"
-                            try:
-                                done[c.key] = _run_cell(out, exp, subjects, c, shared[(target, seed)], label)
-                                computed.append(c.setting)
-                            except UnlearnAuditError as e:  # e.g. a diverging grid point: the rest goes on
-                                failed[c.key] = {"target": c.target, "setting": c.setting, "method": c.method,
-                                                 "seed": c.seed, "error": str(e)}
-                                progress.warn(f"cell {label} {progress.plain(c.setting)} (seed {c.seed}) failed: "
-                                              f"{progress.plain(e)}; the other cells go on")
-                            overall.advance(info=c.setting)
+        if exp.executor.kind == "local":
+            shared = _run_here(out, exp, subjects, cells, done, failed, computed, status)
+        else:
+            from .executors import run_on_cluster
+
+            if exp.subject.organism and len(done) < len(cells):
+                subjects.load_all(exp.targets)  # trains and caches organism and oracles once, for every worker
+            shared = run_on_cluster(out, exp, cells, done, failed, computed, status)
         if computed:
             progress.log(f"computed {len(computed)} cells in {time.perf_counter() - start:.0f} s "
                          f"(loading models {subjects.load_s:.0f} s)")
