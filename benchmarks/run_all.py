@@ -25,6 +25,7 @@ BENCHES = {
     "memory": [str(HERE / "bench_memory.py")],
     "memory-lora": [str(HERE / "bench_memory.py"), "--lora", "8"],
     "precision": [str(HERE / "bench_precision.py")],
+    "cluster": [str(HERE / "bench_cluster.py")],
 }
 
 

@@ -143,6 +143,27 @@ def test_lost_workers_are_retried_and_then_the_cell_fails(reference, tmp_path, m
     assert without_timings(json.loads((tmp_path / "run" / "results.json").read_text())) == uninterrupted(reference)
 
 
+class EarlyPool(InProcessPool):
+    """Cells go out in the same batch as their shared task (as on Ray with a slot for each)."""
+
+    early_cells = True
+    capacity = 4
+
+    def submit(self, tasks):
+        self.waited = getattr(self, "waited", []) + [t.name for t in tasks if t.cell is not None and t.args[3]]
+        super().submit(tasks)
+
+
+def test_cells_may_start_while_their_shared_work_runs(reference, tmp_path, monkeypatch):
+    pool = EarlyPool({})
+    monkeypatch.setattr(executors, "make_pool", lambda cfg, exp, out: pool)
+    exp, text = load_experiment(with_executor(tmp_path, tmp_path / "run", kind="ray"))
+    run_experiment(exp, text)
+    assert pool.submitted == ["shared work of world:0 seed 0", *SETTINGS[:3]]  # one batch of four
+    assert pool.waited == SETTINGS[:3]  # each unlearned, then waited for the shared file
+    assert without_timings(json.loads((tmp_path / "run" / "results.json").read_text())) == uninterrupted(reference)
+
+
 def test_a_method_error_fails_its_cell_once_without_retries(reference, tmp_path, monkeypatch):
     pool = InProcessPool({})
     monkeypatch.setattr(executors, "make_pool", lambda cfg, exp, out: pool)

@@ -8,9 +8,13 @@ hands out two kinds of task and computes nothing itself:
 
 * one **shared task** per (target, seed): the original's and the oracle's evaluation and the
   attacks' references, sealed into ``shared/`` (``runner._shared_work``);
-* one **cell task** per cell, submitted once its (target, seed)'s shared file exists: it reads
-  that file (a cell never recomputes the shared work), unlearns, evaluates, attacks and seals
-  ``cells/<method>-<key>.json`` (``runner._run_cell``).
+* one **cell task** per cell: it unlearns, then reads its (target, seed)'s shared file (a cell
+  never recomputes the shared work), evaluates, attacks and seals ``cells/<method>-<key>.json``
+  (``runner._run_cell``). On Ray a cell may start once its shared task *runs*, unlearning while
+  the shared work is computed and waiting for its file before the attacks (every task the
+  driver submits has a slot, and the shared task was submitted first, so the wait ends); on
+  Slurm a cell is submitted once the shared file exists (a queued shared job could otherwise
+  wait behind cells that hold the allocation).
 
 Workers load subjects from the organism cache (the driver trains organism and oracles into it
 before the first task) or from the model's hub name or path, and write only their own sealed
@@ -58,6 +62,7 @@ class Task:
     needs: str | None = None     # the name of the shared task a cell waits for
     attempts: int = 0
     handle: Any = None
+    submitted: float = 0.0       # perf_counter at the last submission
 
 
 class WorkerLost(Exception):
@@ -88,27 +93,36 @@ def run_on_cluster(out: Path, exp: Experiment, cells: list[Cell], done: dict[str
             else:
                 waiting.append(Task(f"shared work of {name}", shared_task, (str(out), doc, target, seed)))
                 status.shared_task(name, "pending")
-            waiting += [Task(c.setting, cell_task, (str(out), doc, c.key), cell=c, needs=name)
+            waiting += [Task(c.setting, cell_task, (str(out), doc, c.key, False), cell=c, needs=name)
                         for c in cells if c.target == target and c.seed == seed and c.key not in done]
     todo = sum(1 for t in waiting if t.cell is not None)
     if not todo:
         return shared
     pool = make_pool(cfg, exp, out)
     ready_shared = {f"{t} seed {s}" for t, s in shared}
+    started_shared: set[str] = set()  # shared tasks submitted: their cells may start early on Ray
+    failed_shared: set[str] = set()
+    early = getattr(pool, "early_cells", False)
     running: list[Task] = []
     progress.log(f"{cfg.kind} executor: {todo} cells on up to {pool.capacity} workers")
     try:
         with progress.bar(f"cells on {cfg.kind}", len(cells)) as overall:
             overall.advance(len(done))
             while waiting or running:
-                ready = [t for t in waiting if t.needs is None or t.needs in ready_shared]
+                ready = [t for t in waiting if t.needs is None or t.needs in ready_shared
+                         or (early and t.needs in started_shared)]
                 room = pool.capacity - len(running)
                 if ready and room > 0:
                     batch = ready[:room]
                     for t in batch:
                         waiting.remove(t)
                         t.attempts += 1
+                        t.submitted = time.perf_counter()
                         _mark(status, t, "running")
+                        if t.cell is None:
+                            started_shared.add(_shared_name(t))
+                        else:  # a cell that starts before its shared file exists waits for it
+                            t.args = (*t.args[:3], t.needs not in ready_shared)
                     pool.submit(batch)
                     running += batch
                 if not running:
@@ -120,19 +134,27 @@ def run_on_cluster(out: Path, exp: Experiment, cells: list[Cell], done: dict[str
                         result = pool.outcome(t)
                     except WorkerLost as e:
                         why = " ".join(str(e).split())[:500]
-                        if t.attempts <= cfg.retries:
+                        if t.cell is not None and t.needs in failed_shared:  # cancelled by the driver
+                            result = {"error": "its shared work failed"}
+                        elif t.attempts <= cfg.retries:
                             progress.warn(f"{progress.plain(t.name)}: {progress.plain(why)}; submitting it again "
                                           f"(attempt {t.attempts + 1} of {cfg.retries + 1})")
                             _mark(status, t, "pending", error=why)
                             waiting.insert(0, t)
                             continue
-                        result = {"error": f"failed {t.attempts} times; last: {why}"}
+                        else:
+                            result = {"error": f"failed {t.attempts} times; last: {why}"}
+                    if t.cell is not None and t.needs in failed_shared:
+                        result = {"error": "its shared work failed"}
                     worker = f"{result.get('host')}:{result.get('pid')}" if "pid" in result else None
+                    took = round(time.perf_counter() - t.submitted, 2)  # submitted to returned, as the driver saw it
                     if t.cell is None:
                         target, seed = t.args[2], t.args[3]
                         stored = _read_shared(out, exp, target, seed) if "error" not in result else None
                         if stored is None:
                             _mark(status, t, "failed", error=result.get("error", "no shared file was written"))
+                            failed_shared.add(_shared_name(t))
+                            pool.cancel([c for c in running if c.needs == _shared_name(t)])
                             for c in [w for w in waiting if w.needs == f"{target} seed {seed}"]:
                                 waiting.remove(c)
                                 failed[c.cell.key] = failure(c.cell, f"its shared work failed: {result.get('error')}")
@@ -141,7 +163,7 @@ def run_on_cluster(out: Path, exp: Experiment, cells: list[Cell], done: dict[str
                             continue
                         shared[(target, seed)] = stored
                         ready_shared.add(f"{target} seed {seed}")
-                        _mark(status, t, "done", worker=worker)
+                        _mark(status, t, "done", worker=worker, seconds=took)
                         continue
                     stored, why = read_sealed(cell_path(out, t.cell), t.cell.key) if "error" not in result else (None, None)
                     if stored is None:
@@ -153,7 +175,7 @@ def run_on_cluster(out: Path, exp: Experiment, cells: list[Cell], done: dict[str
                     else:
                         done[t.cell.key] = stored
                         computed.append(t.cell.setting)
-                        status.cell(t.cell.key, "done", worker=worker)
+                        status.cell(t.cell.key, "done", worker=worker, seconds=took)
                     counts = status.counts()
                     overall.advance(info=f"running {counts['running']}, failed {counts['failed']}")
     finally:
@@ -166,6 +188,10 @@ def run_on_cluster(out: Path, exp: Experiment, cells: list[Cell], done: dict[str
                     raise UnlearnAuditError(f"the shared work of {target} seed {seed} failed; see {status.path}")
                 shared[(target, seed)] = stored
     return shared
+
+
+def _shared_name(t: Task) -> str:
+    return t.name.removeprefix("shared work of ")
 
 
 def _mark(status: RunStatus, t: Task, state: str, **info) -> None:
@@ -217,9 +243,10 @@ def shared_task(out: str, exp_doc: dict, target: str, seed: int) -> dict:
     return _me()
 
 
-def cell_task(out: str, exp_doc: dict, key: str) -> dict:
+def cell_task(out: str, exp_doc: dict, key: str, wait: bool = False) -> dict:
     """A worker's cell task: unlearn, evaluate and attack one cell on the stored shared work,
-    and seal its file. ``{"error": ...}`` for a cell whose method failed (not retried)."""
+    and seal its file. ``{"error": ...}`` for a cell whose method failed (not retried).
+    ``wait``: the shared work is being computed elsewhere; unlearn first, then wait for its file."""
     from ..subject.residency import off_device_at_rest
     from .runner import _run_cell
 
@@ -228,10 +255,19 @@ def cell_task(out: str, exp_doc: dict, key: str) -> dict:
     cell = next(c for c in expand(exp) if c.key == key)
     if read_sealed(cell_path(out_dir, cell), key)[0] is not None:  # a task of a killed driver finished it
         return _me()
-    shared, why = read_sealed(shared_path(out_dir, exp, cell.target, cell.seed),
-                              shared_key(exp, cell.target, cell.seed))
-    if shared is None:
-        raise RuntimeError(f"the shared work of {cell.target} seed {cell.seed} is {why or 'missing'}")
+    path, skey = shared_path(out_dir, exp, cell.target, cell.seed), shared_key(exp, cell.target, cell.seed)
+
+    def stored_shared() -> dict:
+        while True:
+            doc, why = read_sealed(path, skey)
+            if doc is not None or not wait:
+                break
+            time.sleep(0.2)  # the driver cancels this task if the shared work fails for good
+        if doc is None:
+            raise RuntimeError(f"the shared work of {cell.target} seed {cell.seed} is {why or 'missing'}")
+        return doc
+
+    shared = stored_shared if wait else stored_shared()
     try:
         with off_device_at_rest():
             _run_cell(out_dir, exp, subjects, cell, shared, cell.setting)
@@ -272,16 +308,15 @@ class RayPool:
         self.ray = ray
         self.cpus = cfg.cpus_per_cell or exp.threads
         self.gpus = cfg.gpus_per_cell
-        env = {"env_vars": _worker_env()}
+        self._env = _worker_env()
         self.started = not ray.is_initialized()
         if self.started:
             if cfg.address:
-                ray.init(address=cfg.address, runtime_env=env, logging_level=logging.WARNING,
-                         log_to_driver=True)
+                ray.init(address=cfg.address, logging_level=logging.WARNING, log_to_driver=True)
             else:  # logical CPUs: a cell asking for more than this machine has still runs
                 workers = cfg.max_workers or max(1, (os.cpu_count() or 1) // self.cpus)
-                ray.init(num_cpus=max(os.cpu_count() or 1, self.cpus * workers), runtime_env=env,
-                         include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+                ray.init(num_cpus=max(os.cpu_count() or 1, self.cpus * workers), include_dashboard=False,
+                         logging_level=logging.WARNING, log_to_driver=True)
         have = ray.cluster_resources()
         if have.get("CPU", 0) < self.cpus or have.get("GPU", 0) < self.gpus:
             self.close([])
@@ -291,14 +326,21 @@ class RayPool:
         if self.gpus:
             fit = min(fit, int(have.get("GPU", 0) // self.gpus))
         self.capacity = max(1, cfg.max_workers or fit)
-        self._remote = {}
+        # cells may start while their shared task runs only when every submitted task has a slot
+        # (more workers than the cluster holds could leave the shared task queued behind them)
+        self.early_cells = self.capacity <= fit
+        self._remote = None
 
     def submit(self, tasks: list[Task]) -> None:
+        if self._remote is None:
+            self._remote = self.ray.remote(_with_env)
+        for t in tasks:  # named after the task: a worker's process title is ray::cell_task while it runs one
+            t.handle = self._remote.options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0,
+                                            name=t.fn.__name__).remote(self._env, t.fn, *t.args)
+
+    def cancel(self, tasks: list[Task]) -> None:
         for t in tasks:
-            if t.fn not in self._remote:
-                self._remote[t.fn] = self.ray.remote(t.fn)
-            t.handle = self._remote[t.fn].options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0,
-                                                  name=t.fn.__name__).remote(*t.args)
+            self.ray.cancel(t.handle, force=True)
 
     def wait(self, running: list[Task]) -> list[Task]:
         by_ref = {t.handle: t for t in running}
@@ -312,8 +354,7 @@ class RayPool:
             raise WorkerLost(f"{type(e).__name__}: {e}") from None
 
     def close(self, running: list[Task]) -> None:
-        for t in running:
-            self.ray.cancel(t.handle, force=True)
+        self.cancel(running)
         if self.started:
             self.ray.shutdown()
 
@@ -360,6 +401,10 @@ class SlurmPool:
         for t, job in zip(tasks, jobs, strict=True):
             t.handle = job
 
+    def cancel(self, tasks: list[Task]) -> None:
+        for t in tasks:
+            t.handle.cancel(check=False)
+
     def wait(self, running: list[Task]) -> list[Task]:
         while True:
             finished = [t for t in running if t.handle.done()]
@@ -374,11 +419,10 @@ class SlurmPool:
             raise WorkerLost(f"job {t.handle.job_id}: {type(e).__name__}: {e}") from None
 
     def close(self, running: list[Task]) -> None:
-        for t in running:
-            t.handle.cancel(check=False)
+        self.cancel(running)
 
 
 def _with_env(env: dict[str, str], fn, *args):
-    """A Slurm job's entry: the driver's forwarded environment, then the task."""
+    """A worker's entry (a Ray task, a Slurm job): the driver's forwarded environment, then the task."""
     os.environ.update(env)
     return fn(*args)

@@ -159,8 +159,10 @@ def _shared_work(out: Path, exp: Experiment, subjects: Subjects, target: str, se
     return doc
 
 
-def _run_cell(out: Path, exp: Experiment, subjects: Subjects, cell: Cell, shared: dict, label: str) -> dict:
-    """Unlearn, evaluate and attack one cell; store it; return the stored document."""
+def _run_cell(out: Path, exp: Experiment, subjects: Subjects, cell: Cell, shared, label: str) -> dict:
+    """Unlearn, evaluate and attack one cell; store it; return the stored document. ``shared``:
+    the (target, seed)'s shared work, or a function that waits for it and returns it (a cluster
+    worker unlearns while another computes the shared work)."""
     from ..api import audit, unlearn
 
     start = time.perf_counter()
@@ -169,6 +171,9 @@ def _run_cell(out: Path, exp: Experiment, subjects: Subjects, cell: Cell, shared
         bar.update(info="unlearning")
         unlearned = unlearn(subjects.original, target, cell.method, cell.method_params or cell.params)
         unlearn_s = time.perf_counter() - start
+        if callable(shared):
+            bar.update(info="waiting for the shared work")
+            shared = shared()
         bar.advance(info="evaluating")
         res = audit(subjects.original, {cell.setting: unlearned}, target, list(exp.attacks),
                     subjects.oracle(cell.target), attack_params(exp, cell.seed),
@@ -253,15 +258,17 @@ def run_experiment(exp: Experiment, source_text: str | None = None, *, out: str 
     cells = expand(exp)
     out = prepare_output_dir(out or exp.run_dir, "run", create=False)  # refuses a user's directory
     subjects = Subjects(exp)
-    if not out.exists() and (exp.executor.kind == "local" or exp.subject.organism):
-        # a bad model path fails before the directory exists (a cluster's driver does not load a
-        # model of the hub or a disk: its workers do, and a bad path fails the shared work there)
+    # a bad model path fails before the directory exists; a cluster's driver does not load a
+    # model of the hub or a disk (its workers do, and a bad path fails the shared work there)
+    check_here = exp.executor.kind == "local" or bool(exp.subject.organism)
+    if not out.exists() and check_here:
         subjects.load_all(exp.targets)
     out = prepare_output_dir(out, "run")
     with RunLock(out):
         manifest, start_over = check_manifest(out, exp, fresh, on_change)
         if start_over:
-            subjects.load_all(exp.targets)  # before anything is deleted
+            if check_here:
+                subjects.load_all(exp.targets)  # before anything is deleted
             clear(out)
         manifest = begin(out, exp, source_text, manifest)
         set_threads(exp.threads)
