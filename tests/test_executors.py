@@ -22,17 +22,12 @@ from unlearn_audit.experiment.status import read_status
 
 
 @pytest.fixture(scope="module")
-def env(cache_dir):
-    return {"UNLEARN_AUDIT_CACHE": str(cache_dir)}
+def env(cache_dir, matrix_reference):  # the reference run set the organism cache in this process too
+    return {"UNLEARN_AUDIT_CACHE": os.environ["UNLEARN_AUDIT_CACHE"]}
 
 
-@pytest.fixture(scope="module")
-def reference(matrix_reference):
-    return matrix_reference
-
-
-def uninterrupted(reference) -> dict:
-    return without_timings(json.loads((reference[0] / "results.json").read_text()))
+def uninterrupted(matrix_reference) -> dict:
+    return without_timings(json.loads((matrix_reference[0] / "results.json").read_text()))
 
 
 def with_executor(tmp_path, out, **executor):
@@ -108,7 +103,7 @@ class InProcessPool:
         pass
 
 
-def test_lost_workers_are_retried_and_then_the_cell_fails(reference, tmp_path, monkeypatch):
+def test_lost_workers_are_retried_and_then_the_cell_fails(matrix_reference, tmp_path, monkeypatch):
     """gradient_ascent[steps=1] loses its worker once (retried, then done); steps=2 loses it
     three times with retries 2 (failed, with the last error); the others finish, and every
     finished number equals the local run's."""
@@ -129,7 +124,7 @@ def test_lost_workers_are_retried_and_then_the_cell_fails(reference, tmp_path, m
     assert status["counts"] == {"done": 2, "running": 0, "failed": 1, "pending": 0}
     assert not status["driver_running"]
     mine = without_timings(run.results)["targets"][0]
-    ref = uninterrupted(reference)["targets"][0]
+    ref = uninterrupted(matrix_reference)["targets"][0]
     assert mine["failed"]["gradient_ascent[steps=2]"]["error"].startswith("failed 3 times")
     for setting in ("none", "gradient_ascent[steps=1]"):
         assert mine["methods"][setting] == ref["methods"][setting]
@@ -140,7 +135,7 @@ def test_lost_workers_are_retried_and_then_the_cell_fails(reference, tmp_path, m
     monkeypatch.setattr(executors, "make_pool", lambda cfg, exp, out: pool2)
     again = run_experiment(exp, text)
     assert pool2.submitted == ["gradient_ascent[steps=2]"] and again.reused == ["none", "gradient_ascent[steps=1]"]
-    assert without_timings(json.loads((tmp_path / "run" / "results.json").read_text())) == uninterrupted(reference)
+    assert without_timings(json.loads((tmp_path / "run" / "results.json").read_text())) == uninterrupted(matrix_reference)
 
 
 class EarlyPool(InProcessPool):
@@ -154,17 +149,17 @@ class EarlyPool(InProcessPool):
         super().submit(tasks)
 
 
-def test_cells_may_start_while_their_shared_work_runs(reference, tmp_path, monkeypatch):
+def test_cells_may_start_while_their_shared_work_runs(matrix_reference, tmp_path, monkeypatch):
     pool = EarlyPool({})
     monkeypatch.setattr(executors, "make_pool", lambda cfg, exp, out: pool)
     exp, text = load_experiment(with_executor(tmp_path, tmp_path / "run", kind="ray"))
     run_experiment(exp, text)
-    assert pool.submitted == ["shared work of world:0 seed 0", *SETTINGS[:3]]  # one batch of four
+    assert pool.submitted == ["shared work of world:0 seed 0", *SETTINGS[:3]]  # cells in the same pass
     assert pool.waited == SETTINGS[:3]  # each unlearned, then waited for the shared file
-    assert without_timings(json.loads((tmp_path / "run" / "results.json").read_text())) == uninterrupted(reference)
+    assert without_timings(json.loads((tmp_path / "run" / "results.json").read_text())) == uninterrupted(matrix_reference)
 
 
-def test_a_method_error_fails_its_cell_once_without_retries(reference, tmp_path, monkeypatch):
+def test_a_method_error_fails_its_cell_once_without_retries(matrix_reference, tmp_path, monkeypatch):
     pool = InProcessPool({})
     monkeypatch.setattr(executors, "make_pool", lambda cfg, exp, out: pool)
     import unlearn_audit.experiment.runner as runner
@@ -182,8 +177,8 @@ def test_a_method_error_fails_its_cell_once_without_retries(reference, tmp_path,
     assert pool.submitted.count("none") == 1 and run.failed == {"none": "the loss diverged"}
 
 
-def test_status_command_prints_the_cells(reference, tmp_path, env):
-    r = run_cli("status", str(reference[0]), env=env)
+def test_status_command_prints_the_cells(matrix_reference, tmp_path, env):
+    r = run_cli("status", str(matrix_reference[0]), env=env)
     assert r.returncode == 0, r.stderr
     assert "3 done, 0 running, 0 failed, 0 pending" in r.stdout and "no driver is running" in r.stderr
     r = run_cli("status", str(tmp_path), env=env)
@@ -205,11 +200,12 @@ def _ray_cells():
 
 
 @pytest.mark.slow
-def test_ray_kills_of_a_worker_mid_cell_are_retried(reference, tmp_path, env):
+def test_ray_kills_of_a_worker_mid_cell_are_retried(matrix_reference, tmp_path, env):
     pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'unlearn-audit[ray]')")
     pytest.importorskip("psutil")
     out = tmp_path / "run"
-    path = with_executor(tmp_path, out, kind="ray", max_workers=1, retries=2)
+    # two workers of one CPU each: cells start while the shared task runs (and wait for its file)
+    path = with_executor(tmp_path, out, kind="ray", max_workers=2, cpus_per_cell=1, retries=2)
     proc = subprocess.Popen([sys.executable, "-m", "unlearn_audit.cli", "run", str(path), "--no-report"],
                             env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline, killed = time.time() + 240, None
@@ -225,11 +221,11 @@ def test_ray_kills_of_a_worker_mid_cell_are_retried(reference, tmp_path, env):
     assert status["counts"]["done"] == len(SETTINGS)
     assert sorted(c["attempts"] for c in status["cells"].values()) == [1, 1, 2]
     assert "submitting it again (attempt 2 of 3)" in stderr.decode()
-    assert without_timings(json.loads((out / "results.json").read_text())) == uninterrupted(reference)
+    assert without_timings(json.loads((out / "results.json").read_text())) == uninterrupted(matrix_reference)
 
 
 @pytest.mark.slow
-def test_ray_a_killed_driver_resumes_without_recomputing(reference, tmp_path, env):
+def test_ray_a_killed_driver_resumes_without_recomputing(matrix_reference, tmp_path, env):
     pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'unlearn-audit[ray]')")
     out = tmp_path / "run"
     path = with_executor(tmp_path, out, kind="ray", max_workers=1)
@@ -250,16 +246,16 @@ def test_ray_a_killed_driver_resumes_without_recomputing(reference, tmp_path, en
     doc = json.loads(r.stdout)
     assert len(doc["reused"]) >= len(before) and sorted(doc["reused"] + doc["computed"]) == sorted(SETTINGS)
     assert {p.name: p.stat().st_mtime_ns for p in finished_cells(out) if p.name in before} == before
-    assert without_timings(json.loads((out / "results.json").read_text())) == uninterrupted(reference)
+    assert without_timings(json.loads((out / "results.json").read_text())) == uninterrupted(matrix_reference)
 
 
 @pytest.mark.slow
-def test_slurm_through_submitits_local_executor(reference, tmp_path):
+def test_slurm_through_submitits_local_executor(matrix_reference, tmp_path):
     pytest.importorskip("submitit", reason="the slurm extra is not installed (pip install 'unlearn-audit[slurm]')")
     exp, text = load_experiment(with_executor(tmp_path, tmp_path / "run", kind="slurm", cluster="local",
                                               max_workers=2))
     run = run_experiment(exp, text)
     assert sorted(run.computed) == sorted(SETTINGS)
-    assert without_timings(json.loads((tmp_path / "run" / "results.json").read_text())) == uninterrupted(reference)
+    assert without_timings(json.loads((tmp_path / "run" / "results.json").read_text())) == uninterrupted(matrix_reference)
     assert list((tmp_path / "run" / "slurm").rglob("*_log.out"))  # submitit's job logs, in the run directory
     assert ExecutorConfig(kind="slurm").array_parallelism == 32

@@ -109,10 +109,12 @@ def run_on_cluster(out: Path, exp: Experiment, cells: list[Cell], done: dict[str
         with progress.bar(f"cells on {cfg.kind}", len(cells)) as overall:
             overall.advance(len(done))
             while waiting or running:
-                ready = [t for t in waiting if t.needs is None or t.needs in ready_shared
-                         or (early and t.needs in started_shared)]
-                room = pool.capacity - len(running)
-                if ready and room > 0:
+                while True:  # a second pass: cells whose shared task this pass just started
+                    ready = [t for t in waiting if t.needs is None or t.needs in ready_shared
+                             or (early and t.needs in started_shared)]
+                    room = pool.capacity - len(running)
+                    if not ready or room <= 0:
+                        break
                     batch = ready[:room]
                     for t in batch:
                         waiting.remove(t)
