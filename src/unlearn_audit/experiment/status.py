@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 from ..errors import UserInputError
-from .rundir import write_json_atomic
 
 STATUS = "status.json"
 STATES = ("done", "running", "failed", "pending")
@@ -55,9 +54,13 @@ class RunStatus:
         return {s: sum(1 for c in self.cells.values() if c["state"] == s) for s in STATES}
 
     def write(self) -> None:
-        write_json_atomic(self.path, {"executor": self.executor, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                      "driver_pid": os.getpid(), "counts": self.counts(), "shared": self.shared,
-                                      "cells": self.cells})
+        """Atomically (a temporary sibling, then a rename), but not through ``files.atomic_path``:
+        this file is progress, not results, and is not one of the writes ``faults`` counts."""
+        doc = {"executor": self.executor, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "driver_pid": os.getpid(),
+               "counts": self.counts(), "shared": self.shared, "cells": self.cells}
+        tmp = self.path.with_name(f".{STATUS}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.path)
 
 
 def read_status(run_dir: Path) -> dict:
