@@ -59,8 +59,12 @@ class RunStatus:
         doc = {"executor": self.executor, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "driver_pid": os.getpid(),
                "counts": self.counts(), "shared": self.shared, "cells": self.cells}
         tmp = self.path.with_name(f".{STATUS}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+            os.replace(tmp, self.path)
+        except BaseException:  # a full disk, an interrupt: no half-written sibling stays behind
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def read_status(run_dir: Path) -> dict:
