@@ -45,7 +45,7 @@ from .. import progress
 from ..errors import UnlearnAuditError, UserInputError
 from .checkpoint import cell_path, read_sealed, shared_key, shared_path
 from .config import Cell, Experiment, expand, threads_used
-from .status import RunStatus
+from .status import RunStatus, shared_name
 
 # environment a worker needs to find what the driver sees (the organism cache, offline hubs)
 _FORWARDED_ENV = ("UNLEARN_AUDIT_", "HF_", "TRANSFORMERS_", "TOKENIZERS_PARALLELISM")
@@ -58,8 +58,8 @@ class Task:
     name: str                    # shown in logs and status.json
     fn: Any                      # shared_task or cell_task
     args: tuple
+    group: tuple[str, int]       # (target, seed): the shared work this task computes, or its cell needs
     cell: Cell | None = None     # None for a shared task
-    needs: str | None = None     # the name of the shared task a cell waits for
     attempts: int = 0
     handle: Any = None
     submitted: float = 0.0       # perf_counter at the last submission
@@ -85,23 +85,24 @@ def run_on_cluster(out: Path, exp: Experiment, cells: list[Cell], done: dict[str
     waiting: list[Task] = []
     for target in exp.targets:
         for seed in exp.seeds:
-            name = f"{target} seed {seed}"
-            stored, _ = read_sealed(shared_path(out, exp, target, seed), shared_key(exp, target, seed))
+            group = (target, seed)
+            stored, _ = _read_shared(out, exp, target, seed)
             if stored is not None:
-                shared[(target, seed)] = stored
-                status.shared_task(name, "done")
+                shared[group] = stored
+                status.shared_task(target, seed, "done")
             else:
-                waiting.append(Task(f"shared work of {name}", shared_task, (str(out), doc, target, seed)))
-                status.shared_task(name, "pending")
-            waiting += [Task(c.setting, cell_task, (str(out), doc, c.key, False), cell=c, needs=name)
-                        for c in cells if c.target == target and c.seed == seed and c.key not in done]
+                waiting.append(Task(f"shared work of {shared_name(target, seed)}", shared_task,
+                                    (str(out), doc, target, seed), group))
+                status.shared_task(target, seed, "pending")
+            waiting += [Task(c.setting, cell_task, (str(out), doc, c.key, False), group, cell=c)
+                        for c in cells if (c.target, c.seed) == group and c.key not in done]
     todo = sum(1 for t in waiting if t.cell is not None)
     if not todo:
         return shared
     pool = make_pool(cfg, exp, out)
-    ready_shared = {f"{t} seed {s}" for t, s in shared}
-    started_shared: set[str] = set()  # shared tasks submitted: their cells may start early on Ray
-    failed_shared: set[str] = set()
+    ready_shared = set(shared)        # (target, seed)s whose shared file exists
+    started_shared: set[tuple[str, int]] = set()  # shared tasks submitted: their cells may start early on Ray
+    failed_shared: set[tuple[str, int]] = set()
     early = getattr(pool, "early_cells", False)
     running: list[Task] = []
     progress.log(f"{cfg.kind} executor: {todo} cells on up to {pool.capacity} workers")
@@ -110,8 +111,8 @@ def run_on_cluster(out: Path, exp: Experiment, cells: list[Cell], done: dict[str
             overall.advance(len(done))
             while waiting or running:
                 while True:  # a second pass: cells whose shared task this pass just started
-                    ready = [t for t in waiting if t.needs is None or t.needs in ready_shared
-                             or (early and t.needs in started_shared)]
+                    ready = [t for t in waiting if t.cell is None or t.group in ready_shared
+                             or (early and t.group in started_shared)]
                     room = pool.capacity - len(running)
                     if not ready or room <= 0:
                         break
@@ -122,9 +123,9 @@ def run_on_cluster(out: Path, exp: Experiment, cells: list[Cell], done: dict[str
                         t.submitted = time.perf_counter()
                         _mark(status, t, "running")
                         if t.cell is None:
-                            started_shared.add(_shared_name(t))
+                            started_shared.add(t.group)
                         else:  # a cell that starts before its shared file exists waits for it
-                            t.args = (*t.args[:3], t.needs not in ready_shared)
+                            t.args = (*t.args[:3], t.group not in ready_shared)
                     pool.submit(batch)
                     running += batch
                 if not running:
@@ -136,7 +137,7 @@ def run_on_cluster(out: Path, exp: Experiment, cells: list[Cell], done: dict[str
                         result = pool.outcome(t)
                     except WorkerLost as e:
                         why = " ".join(str(e).split())[:500]
-                        if t.cell is not None and t.needs in failed_shared:  # cancelled by the driver
+                        if t.cell is not None and t.group in failed_shared:  # cancelled by the driver
                             result = {"error": "its shared work failed"}
                         elif t.attempts <= cfg.retries:
                             progress.warn(f"{progress.plain(t.name)}: {progress.plain(why)}; submitting it again "
@@ -146,25 +147,24 @@ def run_on_cluster(out: Path, exp: Experiment, cells: list[Cell], done: dict[str
                             continue
                         else:
                             result = {"error": f"failed {t.attempts} times; last: {why}"}
-                    if t.cell is not None and t.needs in failed_shared:
+                    if t.cell is not None and t.group in failed_shared:
                         result = {"error": "its shared work failed"}
                     worker = f"{result.get('host')}:{result.get('pid')}" if "pid" in result else None
                     took = round(time.perf_counter() - t.submitted, 2)  # submitted to returned, as the driver saw it
                     if t.cell is None:
-                        target, seed = t.args[2], t.args[3]
-                        stored = _read_shared(out, exp, target, seed) if "error" not in result else None
+                        stored = _read_shared(out, exp, *t.group)[0] if "error" not in result else None
                         if stored is None:
                             _mark(status, t, "failed", error=result.get("error", "no shared file was written"))
-                            failed_shared.add(_shared_name(t))
-                            pool.cancel([c for c in running if c.needs == _shared_name(t)])
-                            for c in [w for w in waiting if w.needs == f"{target} seed {seed}"]:
+                            failed_shared.add(t.group)
+                            pool.cancel([c for c in running if c.group == t.group])
+                            for c in [w for w in waiting if w.group == t.group]:
                                 waiting.remove(c)
                                 failed[c.cell.key] = failure(c.cell, f"its shared work failed: {result.get('error')}")
                                 status.cell(c.cell.key, "failed", error=failed[c.cell.key]["error"])
                                 overall.advance()
                             continue
-                        shared[(target, seed)] = stored
-                        ready_shared.add(f"{target} seed {seed}")
+                        shared[t.group] = stored
+                        ready_shared.add(t.group)
                         _mark(status, t, "done", worker=worker, seconds=took)
                         continue
                     stored, why = read_sealed(cell_path(out, t.cell), t.cell.key) if "error" not in result else (None, None)
@@ -185,26 +185,23 @@ def run_on_cluster(out: Path, exp: Experiment, cells: list[Cell], done: dict[str
     for target in exp.targets:  # the shared work of (target, seed)s whose cells were all finished
         for seed in exp.seeds:
             if (target, seed) not in shared:
-                stored = _read_shared(out, exp, target, seed)
+                stored, _ = _read_shared(out, exp, target, seed)
                 if stored is None:
-                    raise UnlearnAuditError(f"the shared work of {target} seed {seed} failed; see {status.path}")
+                    raise UnlearnAuditError(f"the shared work of {shared_name(target, seed)} failed; see {status.path}")
                 shared[(target, seed)] = stored
     return shared
 
 
-def _shared_name(t: Task) -> str:
-    return t.name.removeprefix("shared work of ")
-
-
 def _mark(status: RunStatus, t: Task, state: str, **info) -> None:
     if t.cell is None:
-        status.shared_task(t.name.removeprefix("shared work of "), state, **info)
+        status.shared_task(*t.group, state, **info)
     else:
         status.cell(t.cell.key, state, **info)
 
 
-def _read_shared(out: Path, exp: Experiment, target: str, seed: int) -> dict | None:
-    return read_sealed(shared_path(out, exp, target, seed), shared_key(exp, target, seed))[0]
+def _read_shared(out: Path, exp: Experiment, target: str, seed: int) -> tuple[dict | None, str | None]:
+    """The sealed shared work of (target, seed), or None and why not (missing, damaged, stale)."""
+    return read_sealed(shared_path(out, exp, target, seed), shared_key(exp, target, seed))
 
 
 # ----------------------------------------------------------------------------- the workers
@@ -257,16 +254,15 @@ def cell_task(out: str, exp_doc: dict, key: str, wait: bool = False) -> dict:
     cell = next(c for c in expand(exp) if c.key == key)
     if read_sealed(cell_path(out_dir, cell), key)[0] is not None:  # a task of a killed driver finished it
         return _me()
-    path, skey = shared_path(out_dir, exp, cell.target, cell.seed), shared_key(exp, cell.target, cell.seed)
 
     def stored_shared() -> dict:
         while True:
-            doc, why = read_sealed(path, skey)
+            doc, why = _read_shared(out_dir, exp, cell.target, cell.seed)
             if doc is not None or not wait:
                 break
             time.sleep(0.2)  # the driver cancels this task if the shared work fails for good
         if doc is None:
-            raise RuntimeError(f"the shared work of {cell.target} seed {cell.seed} is {why or 'missing'}")
+            raise RuntimeError(f"the shared work of {shared_name(cell.target, cell.seed)} is {why or 'missing'}")
         return doc
 
     shared = stored_shared if wait else stored_shared()

@@ -202,9 +202,9 @@ def _run_here(out: Path, exp: Experiment, subjects: Subjects, cells: list[Cell],
         overall.advance(reused, info=f"{reused} finished earlier" if reused else "")
         for target in exp.targets:
             for seed in exp.seeds:
-                status.shared_task(f"{target} seed {seed}", "running")
+                status.shared_task(target, seed, "running")
                 shared[(target, seed)] = _shared_work(out, exp, subjects, target, seed)
-                status.shared_task(f"{target} seed {seed}", "done")
+                status.shared_task(target, seed, "done")
                 for c in cells:
                     if c.target == target and c.seed == seed and c.key not in done:
                         label = f"{len(done) + len(failed) + 1}/{len(cells)}"

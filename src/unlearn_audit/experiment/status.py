@@ -25,6 +25,11 @@ STATUS = "status.json"
 STATES = ("done", "running", "failed", "pending")
 
 
+def shared_name(target: str, seed: int) -> str:
+    """How the shared work of (target, seed) is named in status.json and in messages."""
+    return f"{target} seed {seed}"
+
+
 class RunStatus:
     """The driver's record of every cell and every shared task of one run."""
 
@@ -40,8 +45,9 @@ class RunStatus:
     def cell(self, key: str, state: str, **info) -> None:
         self._set(self.cells[key], state, info)
 
-    def shared_task(self, name: str, state: str, **info) -> None:
-        self._set(self.shared.setdefault(name, {"state": "pending", "attempts": 0}), state, info)
+    def shared_task(self, target: str, seed: int, state: str, **info) -> None:
+        entry = self.shared.setdefault(shared_name(target, seed), {"state": "pending", "attempts": 0})
+        self._set(entry, state, info)
 
     def _set(self, entry: dict, state: str, info: dict) -> None:
         if state == "running":
