@@ -55,7 +55,13 @@ from typing import Annotated, Literal
 import torch
 from pydantic import Field, field_validator
 
-from ..data.encode import DEFAULT_PROMPT_TEMPLATE, concat_batches, encode_qa, render_prompt
+from ..data.encode import (
+    DEFAULT_PROMPT_TEMPLATE,
+    concat_batches,
+    demonstration_separator,
+    demonstrations,
+    encode_qa,
+)
 from ..errors import UserInputError
 from ..metrics.qa import score_encoded
 from ..metrics.recovery import recovery, residual
@@ -88,18 +94,6 @@ class InContextParams(AttackParams):
         return shots
 
 
-def context(demos: list[QA], template: str, separator: str) -> str:
-    """The demonstrations as text, each followed by the separator."""
-    return "".join(render_prompt(q, template) + " " + q.answer + separator for q in demos)
-
-
-def separator_for(subject, separator: str) -> str:
-    if separator != "auto":
-        return separator
-    eos = subject.tokenizer.eos_token
-    return eos if subject.answer_eos and eos else "\n\n"
-
-
 def _held_out(items: list[QA], heldout: list[QA]) -> list[QA]:
     names = {q.entity for q in heldout if q.entity}
     return [q for q in items if q.entity in names] if names else list(items)
@@ -124,7 +118,7 @@ def plan(target, params: InContextParams, original) -> list[dict]:
         items = _held_out(target.extra_eval.get(key, []), heldout)
         if items and name in params.variants:
             variants[name] = items
-    sep = separator_for(original, params.separator)
+    sep = demonstration_separator(original, params.separator)
     # demonstrations as text: in the original's template, or the plain one under chat (for completions)
     text_template = DEFAULT_PROMPT_TEMPLATE if original.prompt.chat else original.prompt_template
     conditions = []
@@ -134,7 +128,7 @@ def plan(target, params: InContextParams, original) -> list[dict]:
                 rng = random.Random(f"{params.seed}-{k}-{draw}")
                 demos = rng.sample(train, min(k, len(train)))
                 conditions.append({"variant": variant, "k": k, "draw": draw, "items": items,
-                                   "context": context(demos, text_template, sep),
+                                   "context": demonstrations(demos, text_template, sep),
                                    "turns": tuple((q.question, q.answer) for q in demos), "instruction": ""})
     if "adversarial" in params.variants:
         prefix = params.adversarial_prefix.replace("{concept}", target.name)

@@ -102,6 +102,21 @@ def render_prompt(item: QA, prompt: PromptFormat | str, tokenizer=None) -> str:
     return item.question if item.kind == "completion" else as_format(prompt).render(item.question, tokenizer)
 
 
+def demonstrations(items: Sequence[QA], template: PromptFormat | str, separator: str) -> str:
+    """Question/answer pairs as text: each prompt in ``template``, a space, its answer, then
+    ``separator`` (in-context demonstrations, and in-context unlearning's context)."""
+    return "".join(render_prompt(q, template) + " " + q.answer + separator for q in items)
+
+
+def demonstration_separator(subject, separator: str = "auto", fallback: str = "\n\n") -> str:
+    """``separator``, or for ``"auto"``: EOS where the subject's answers end with it (it was
+    trained on documents, like the organism), else ``fallback``."""
+    if separator != "auto":
+        return separator
+    eos = subject.tokenizer.eos_token
+    return eos if subject.answer_eos and eos else fallback
+
+
 def tokenize_prompts(tokenizer, items: Sequence[QA], prompts: Sequence[str], prompt: PromptFormat | str) -> list[list[int]]:
     """Token ids of rendered prompts. A chat template writes its own special tokens (BOS), so
     its prompts are tokenised without adding them; raw text (completions, plain templates) as
