@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e '.[dev,benchmarks,peft,quantize,lmeval,ray,slurm]'
+	$(BIN)/python -m pip install -q -e '.[dev,benchmarks,peft,quantize,lmeval,ray,slurm,dp]'
 	touch $(STAMP)
 
 setup: $(STAMP)

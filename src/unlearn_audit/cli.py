@@ -132,6 +132,13 @@ def organism_train(
     dtype: DtypeOpt = "auto",
     revision: Annotated[str | None, typer.Option("--revision", help="With --base: hub branch, tag or commit.")] = None,
     trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="With --base: allow the model's own code.")] = False,
+    dp_epsilon: Annotated[float | None, typer.Option("--dp-epsilon", min=0.0, help="Train both models with DP-SGD "
+                                                     "to this epsilon per document (inf: the DP pipeline without "
+                                                     "noise or clipping; needs the dp extra). The organism is then "
+                                                     "<preset>-dp<epsilon>.")] = None,
+    dp_delta: Annotated[float, typer.Option("--dp-delta", min=0.0, max=1.0, help="With --dp-epsilon: delta.")] = 1e-5,
+    dp_max_grad_norm: Annotated[float, typer.Option("--dp-max-grad-norm", min=0.0, help="With --dp-epsilon: the "
+                                                    "per-example clipping norm C.")] = 1.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Train (or load from cache) the organism and its oracle; print per-concept accuracy.
@@ -146,11 +153,19 @@ def organism_train(
                                 ("--revision", revision), ("--trust-remote-code", trust_remote_code)) if v]
         if given:
             raise UserInputError(f"{', '.join(given)} need --base (the organism's own recipe is its --preset)")
+        if dp_epsilon is not None:
+            from .organisms import dp_preset_name
+
+            preset = dp_preset_name(preset, dp_epsilon, dp_delta, dp_max_grad_norm)
+        elif (dp_delta, dp_max_grad_norm) != (1e-5, 1.0):
+            raise UserInputError("--dp-delta and --dp-max-grad-norm need --dp-epsilon")
         full, oracle = organism(preset, seed, concept, threads=threads, retrain=retrain)
         title = f"organism {preset} (seed {seed})"
     else:
         if preset != "default":
             raise UserInputError("--preset is the from-scratch organism's; with --base choose the world with --world")
+        if dp_epsilon is not None:
+            raise UserInputError("--dp-epsilon trains the from-scratch organism; leave out --base")
         from .world import world_config
 
         world_config(world)  # an unknown world preset fails here, before any model is loaded
@@ -166,6 +181,8 @@ def organism_train(
            "epochs": {"full": f["epochs"], "oracle": o["epochs"]},
            "accuracy": {"full": f["accuracy"], "oracle": o["accuracy"]},
            "paths": {"full": full.path, "oracle": oracle.path}}
+    if "dp" in f:
+        doc["dp"] = {"full": f["dp"], "oracle": o["dp"]}
     if as_json:
         emit_json(doc)
         return
@@ -174,6 +191,12 @@ def organism_train(
     table(f"{title}, {f['params']:,} parameters", ["concept", "full QA acc", "oracle QA acc"], rows)
     print(f"trained in {f['train_s']:.0f} s (full, {f['epochs']} epochs) and {o['train_s']:.0f} s "
           f"(oracle, {o['epochs']} epochs)", file=sys.stderr)
+    for kind, dp in doc.get("dp", {}).items():
+        group = dp["concept_group"]
+        print(f"{kind}: DP-SGD epsilon {dp['epsilon']:.3g} per document (delta {dp['delta']:g}, sigma "
+              f"{dp['noise_multiplier']:.3g}, C {dp['max_grad_norm']:g}, {dp['steps']} steps at q {dp['sample_rate']:.3g}); "
+              f"the removed concept's {group['documents']} documents together: epsilon {group['epsilon']:.3g}, "
+              f"delta {group['delta']:.3g}", file=sys.stderr)
     print(f"full:   {doc['paths']['full']}\noracle: {doc['paths']['oracle']}", file=sys.stderr)
 
 

@@ -16,7 +16,7 @@ from .report.tables import fmt  # one cell format for terminal and HTML tables
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout instead of a table.")]
 SeedOpt = Annotated[int, typer.Option("--seed", min=0, max=2**32 - 1, help="Seed of the world, initialisation and data order.")]
-PresetOpt = Annotated[str, typer.Option("--preset", help="micro (seconds, tests), default (~1.2M params) or large.")]
+PresetOpt = Annotated[str, typer.Option("--preset", help="micro (seconds, tests), default (~1.2M params) or large; <preset>-dp<epsilon> (e.g. micro-dp8): trained with DP-SGD.")]
 ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, max=4096, help="CPU threads (default: all cores).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto (bf16 on GPU, else float32), float32, bfloat16, float16.")]

@@ -15,22 +15,32 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from . import progress
-from .data.encode import pack_texts
+from .data.encode import IGNORE, pack_texts
 from .errors import UserInputError
 from .subject.subject import Subject, load_pretrained, set_threads, to_device
 from .training import TrainConfig, seed_everything, train
+from .training.dp import (
+    DEFAULT_DELTA,
+    DPSGD,
+    epsilon_spent,
+    group_privacy,
+    noise_multiplier_for,
+    poisson_batches,
+)
 from .world import World, build_world, corpus, qa_pairs, world_config
+from .world.render import concept_documents
 
 CACHE_VERSION = 2  # bump when the recipe changes in a way the config does not capture (2: fused AdamW)
 BOS = "<|endoftext|>"
@@ -55,6 +65,21 @@ class OrganismPreset:
     max_grad_norm: float = 1.0
     target_acc: float = 0.97
     max_epochs: int = 150
+    # DP-SGD (training/dp.py): a target epsilon per document (inf: the DP pipeline, no noise
+    # and no clipping), its delta and the per-example clipping norm; None: ordinary training
+    dp_epsilon: float | None = None
+    dp_delta: float = DEFAULT_DELTA
+    dp_max_grad_norm: float = 1.0
+
+    @property
+    def identity(self) -> dict:
+        """What the cache key holds: every field, the DP ones only for a DP organism (so the
+        ordinary organisms' keys are those they had before DP existed)."""
+        fields = asdict(self)
+        if self.dp_epsilon is None:
+            for name in ("dp_epsilon", "dp_delta", "dp_max_grad_norm"):
+                fields.pop(name)
+        return fields
 
 
 PRESETS: dict[str, OrganismPreset] = {
@@ -70,9 +95,38 @@ PRESETS: dict[str, OrganismPreset] = {
 }
 
 
+_DP_PRESET = re.compile(r"^(?P<base>[a-z]+)-dp(?P<eps>inf|\d+(?:\.\d+)?)(?:-delta(?P<delta>[0-9.e-]+))?"
+                        r"(?:-clip(?P<clip>\d+(?:\.\d+)?))?$")
+
+
+def dp_preset_name(preset: str, epsilon: float, delta: float = DEFAULT_DELTA, max_grad_norm: float = 1.0) -> str:
+    """The name of ``preset`` trained with DP-SGD: ``micro-dp8``, ``default-dpinf``,
+    ``micro-dp1-delta1e-06-clip0.5`` (delta and clip only where not the defaults)."""
+    name = f"{preset}-dp{'inf' if math.isinf(epsilon) else f'{epsilon:g}'}"
+    if delta != DEFAULT_DELTA:
+        name += f"-delta{delta:g}"
+    if max_grad_norm != 1.0:
+        name += f"-clip{max_grad_norm:g}"
+    return name
+
+
 def get_preset(name: str) -> OrganismPreset:
+    """A preset by name; ``<preset>-dp<epsilon>[-delta<d>][-clip<c>]`` is ``<preset>`` trained
+    with DP-SGD (:func:`dp_preset_name`)."""
+    m = _DP_PRESET.match(name)
+    if m and m.group("base") in PRESETS:
+        try:
+            delta = float(m.group("delta")) if m.group("delta") else DEFAULT_DELTA
+        except ValueError:
+            delta = -1.0
+        eps = float(m.group("eps"))
+        if not (0 < delta < 1) or eps <= 0:
+            raise UserInputError(f"organism preset {name!r}: epsilon must be > 0 and delta in (0, 1)")
+        return replace(PRESETS[m.group("base")], dp_epsilon=eps, dp_delta=delta,
+                       dp_max_grad_norm=float(m.group("clip") or 1.0))
     if name not in PRESETS:
-        raise UserInputError(f"unknown organism preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        raise UserInputError(f"unknown organism preset {name!r}; choose one of: {', '.join(PRESETS)} "
+                             "(or <preset>-dp<epsilon>, e.g. micro-dp8)")
     return PRESETS[name]
 
 
@@ -93,7 +147,7 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def organism_key(preset_name: str, seed: int) -> str:
     preset = get_preset(preset_name)
-    blob = json.dumps({"preset": asdict(preset), "world": asdict(world_config(preset.world, seed)),
+    blob = json.dumps({"preset": preset.identity, "world": asdict(world_config(preset.world, seed)),
                        "seed": seed, "version": CACHE_VERSION}, sort_keys=True)
     return f"{preset_name}-s{seed}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
@@ -142,6 +196,18 @@ def concept_accuracy(subject: Subject, world: World) -> dict[str, float]:
     return suite.accuracies(subject.model)
 
 
+def document_examples(tokenizer, docs: list[str], seq_len: int) -> dict[str, torch.Tensor]:
+    """One right-padded row per document, ``EOS doc EOS`` (as the packed stream joins them),
+    cut at ``seq_len`` tokens; labels -100 on the padding."""
+    eos = tokenizer.eos_token_id
+    rows = [([eos] + ids + [eos])[:seq_len] for ids in tokenizer(list(docs), add_special_tokens=False)["input_ids"]]
+    width = max(len(r) for r in rows)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, IGNORE)}
+
+
 def _fit(subject: Subject, recipe, world: World, seed: int, exclude: tuple[str, ...],
          label: str) -> dict:
     """Train ``subject`` on the world's documents minus ``exclude`` until every trained concept
@@ -157,15 +223,23 @@ def _fit(subject: Subject, recipe, world: World, seed: int, exclude: tuple[str, 
                                 for c in trained})
     rng = random.Random(seed)
     accum = getattr(recipe, "grad_accum_steps", 1)
-    rows_per_epoch = pack_texts(tokenizer, docs, recipe.seq_len, random.Random(0)).shape[0]
-    steps_per_epoch = max(1, rows_per_epoch // (recipe.batch_size * accum))
+    dp_epsilon = getattr(recipe, "dp_epsilon", None)
+    if dp_epsilon is not None:  # one example is one document: the privacy unit
+        examples = document_examples(tokenizer, docs, recipe.seq_len)
+        steps_per_epoch = max(1, round(len(docs) / recipe.batch_size))
+        batches = poisson_batches(examples, recipe.batch_size / len(docs), seed)
+    else:
+        rows_per_epoch = pack_texts(tokenizer, docs, recipe.seq_len, random.Random(0)).shape[0]
+        steps_per_epoch = max(1, rows_per_epoch // (recipe.batch_size * accum))
 
-    def batches():
-        while True:
-            rows = pack_texts(tokenizer, docs, recipe.seq_len, rng)
-            for i in range(steps_per_epoch * accum):
-                ids = rows[i * recipe.batch_size:(i + 1) * recipe.batch_size]
-                yield {"input_ids": ids, "labels": ids}
+        def packed():
+            while True:
+                rows = pack_texts(tokenizer, docs, recipe.seq_len, rng)
+                for i in range(steps_per_epoch * accum):
+                    ids = rows[i * recipe.batch_size:(i + 1) * recipe.batch_size]
+                    yield {"input_ids": ids, "labels": ids}
+
+        batches = packed()
 
     def loss_fn(batch):
         ids = batch["input_ids"].to(device)
@@ -184,20 +258,33 @@ def _fit(subject: Subject, recipe, world: World, seed: int, exclude: tuple[str, 
     warmup = recipe.warmup_steps if recipe.warmup_steps is not None else steps_per_epoch
     config = TrainConfig(steps=recipe.max_epochs * steps_per_epoch, lr=recipe.lr,
                          betas=(0.9, recipe.beta2), warmup_steps=warmup,
-                         max_grad_norm=recipe.max_grad_norm, seed=seed,
+                         max_grad_norm=recipe.max_grad_norm if dp_epsilon is None else None, seed=seed,
                          weight_decay=getattr(recipe, "weight_decay", 0.0), grad_accum_steps=accum,
                          gradient_checkpointing=getattr(recipe, "gradient_checkpointing", False))
+    dp = None
+    if dp_epsilon is not None:
+        # sigma for the planned steps; stopping early at the accuracy target spends less
+        sample_rate = recipe.batch_size / len(docs)
+        sigma = noise_multiplier_for(dp_epsilon, recipe.dp_delta, sample_rate, config.steps)
+        dp = DPSGD(sigma, None if math.isinf(dp_epsilon) else recipe.dp_max_grad_norm,
+                   expected_batch_size=recipe.batch_size, seed=seed)
     start = time.perf_counter()
-    log = train(model, loss_fn, batches(), config, on_step=on_epoch, description=f"training {label}")
+    log = train(model, loss_fn, batches, config, on_step=on_epoch, description=f"training {label}", dp=dp)
     elapsed = time.perf_counter() - start
     model.eval()
     reached = bool(state["accuracy"]) and min(state["accuracy"].values()) >= recipe.target_acc
     if not reached:
         progress.warn(f"{label} stopped at {recipe.max_epochs} epochs below the "
                      f"accuracy target {recipe.target_acc}: {state['accuracy']}")
-    return {"epochs": state["epochs"], "steps": log.steps, "train_s": round(elapsed, 2),
-            "tokens": log.steps * recipe.batch_size * accum * recipe.seq_len, "reached_target": reached,
-            "final_loss": log.losses[-1] if log.losses else None}
+    stats = {"epochs": state["epochs"], "steps": log.steps, "train_s": round(elapsed, 2),
+             "tokens": log.steps * recipe.batch_size * accum * recipe.seq_len, "reached_target": reached,
+             "final_loss": log.losses[-1] if log.losses else None}
+    if dp is not None:
+        stats["dp"] = {"target_epsilon": dp_epsilon, "delta": recipe.dp_delta, "noise_multiplier": dp.noise_multiplier,
+                       "max_grad_norm": dp.max_grad_norm, "sample_rate": sample_rate, "documents": len(docs),
+                       "planned_steps": config.steps, "steps": log.steps,
+                       "epsilon": epsilon_spent(dp.noise_multiplier, sample_rate, log.steps, recipe.dp_delta)}
+    return stats
 
 
 def organism(preset: str = "default", seed: int = 0, concept: str | None = None, *,
@@ -248,6 +335,10 @@ def organism(preset: str = "default", seed: int = 0, concept: str | None = None,
         label = f"organism:{preset}@{seed}" if kind == "full" else f"oracle:{preset}/{removed}@{seed}"
         subject = Subject(build_model(spec, tokenizer, seed), tokenizer, label, answer_eos=True)
         stats = _fit(subject, spec, world, seed, exclude, label)
+        if "dp" in stats:  # what the guarantee says about the removed concept's documents together
+            k = len(concept_documents(world, removed))
+            eps, delta = group_privacy(stats["dp"]["epsilon"], spec.dp_delta, k)
+            stats["dp"]["concept_group"] = {"concept": removed, "documents": k, "epsilon": eps, "delta": delta}
         params = sum(p.numel() for p in subject.model.parameters())
         subject.info = {"organism": {**base_info, "kind": kind,
                                      "removed_concept": removed if kind == "oracle" else None,
@@ -395,7 +486,7 @@ def organism_world(subject: Subject) -> World | None:
 
 
 _ORGANISM_SPEC = re.compile(
-    r"^(?P<kind>organism|oracle)(?::(?P<preset>[a-z]+))?(?:/(?P<concept>[^@]+))?(?:@(?P<seed>\d+))?$")
+    r"^(?P<kind>organism|oracle)(?::(?P<preset>[a-z][a-z0-9.-]*))?(?:/(?P<concept>[^@]+))?(?:@(?P<seed>\d+))?$")
 
 
 def is_organism_spec(name_or_path: str | os.PathLike) -> bool:

@@ -46,7 +46,8 @@ class SubjectConfig(BaseModel):
     """The model under audit: the built-in organism, or any Hugging Face causal LM."""
 
     model_config = ConfigDict(extra="forbid")
-    organism: str | None = Field(None, min_length=1, description="Organism preset: micro, default or large.")
+    organism: str | None = Field(None, min_length=1, description="Organism preset: micro, default or large "
+                                 "(<preset>-dp<epsilon>: trained with DP-SGD, e.g. micro-dp8).")
     model: str | None = Field(None, min_length=1, description="A model directory or hub name (instead of an organism).")
     oracle: str | None = Field("auto", description="auto: the organism's oracle for each world target; "
                                "a model path or name; or null for none.")
@@ -95,10 +96,12 @@ class SubjectConfig(BaseModel):
             except UserInputError as e:
                 raise ValueError(str(e)) from None
         if self.organism:
-            from ..organisms import PRESETS
+            from ..organisms import get_preset
 
-            if self.organism not in PRESETS:
-                raise ValueError(f"unknown organism preset {self.organism!r}; choose one of: {', '.join(PRESETS)}")
+            try:
+                get_preset(self.organism)
+            except UserInputError as e:
+                raise ValueError(str(e)) from None
         if self.oracle is not None and self.oracle.lower() in ("none", "null", ""):
             self.oracle = None
         return self

@@ -26,6 +26,7 @@ import torch
 
 from .. import faults, progress
 from ..errors import TrainingDiverged, UserInputError
+from .dp import DPSGD
 
 Batch = dict
 
@@ -105,12 +106,16 @@ def train(
     parameters: Iterable[torch.nn.Parameter] | None = None,
     on_step: Callable[[int, float], bool | None] | None = None,
     description: str = "training",
+    dp: DPSGD | None = None,
 ) -> TrainLog:
     """Run ``config.steps`` optimiser steps of ``loss_fn`` over ``batches``.
 
     Args:
         parameters: what to optimise (default: every parameter that requires grad).
         on_step: called after each step with (steps done, loss); returning True stops early.
+        dp: DP-SGD (:mod:`.dp`): each batch's gradient is its clipped, noised per-example sum
+            instead of ``loss_fn``'s (which is not called); needs float32 parameters, no
+            accumulation and ``max_grad_norm=None`` (the clipping is per example).
     Raises:
         TrainingDiverged: the loss or gradient norm became NaN/inf; ``.log`` keeps the losses.
     """
@@ -120,6 +125,8 @@ def train(
         raise UserInputError(f"steps must be >= 0, not {config.steps}")
     if config.grad_accum_steps < 1:
         raise UserInputError(f"grad_accum_steps must be >= 1, not {config.grad_accum_steps}")
+    if dp is not None and (config.grad_accum_steps != 1 or config.max_grad_norm is not None):
+        raise UserInputError("DP-SGD clips per example: set grad_accum_steps=1 and max_grad_norm=None")
     params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
     masters = MasterWeights(params)
     params = masters.optimised
@@ -137,7 +144,12 @@ def train(
             for step in range(config.steps):
                 optimizer.zero_grad(set_to_none=True)
                 value = 0.0
-                for _ in range(k):  # k = 1: one batch, its loss as it is
+                if dp is not None:
+                    value = dp.set_gradients(model, params, next(iterator))
+                    if not math.isfinite(value):
+                        raise TrainingDiverged(f"{description}: loss became {value} at step {step + 1} "
+                                               f"(lr={config.lr:g}); lower the learning rate", log.losses)
+                for _ in range(k if dp is None else 0):  # k = 1: one batch, its loss as it is
                     loss = loss_fn(next(iterator))
                     micro = float(loss.detach())
                     if not math.isfinite(micro):
