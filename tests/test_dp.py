@@ -157,7 +157,7 @@ def test_dp_presets_by_name_and_unchanged_keys_for_the_rest():
     assert replace(p, dp_epsilon=None, dp_delta=1e-5, dp_max_grad_norm=1.0) == PRESETS["micro"]
     assert math.isinf(get_preset("default-dpinf").dp_epsilon)
     ordinary = asdict(PRESETS["micro"])
-    for k in ("dp_epsilon", "dp_delta", "dp_max_grad_norm"):
+    for k in ("dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_batch_size"):
         ordinary.pop(k)
     assert PRESETS["micro"].identity == ordinary  # the ordinary organisms keep their cache keys
     assert "dp_epsilon" in get_preset("micro-dp8").identity
@@ -178,8 +178,8 @@ def test_a_dp_organism_trains_and_accounts(tmp_path):
     subject = Subject(build_model(recipe, tok, 0), tok, "dp", answer_eos=True)
     stats = _fit(subject, recipe, world, 0, (), "dp")["dp"]
     assert stats["documents"] == len(corpus(world))
-    assert stats["sample_rate"] == pytest.approx(recipe.batch_size / stats["documents"])
-    assert stats["steps"] == stats["planned_steps"] == 2 * round(stats["documents"] / recipe.batch_size)
+    assert stats["sample_rate"] == pytest.approx(recipe.dp_batch_size / stats["documents"])
+    assert stats["steps"] == stats["planned_steps"] == 2 * round(stats["documents"] / recipe.dp_batch_size)
     assert stats["epsilon"] == pytest.approx(epsilon_spent(stats["noise_multiplier"], stats["sample_rate"],
                                                            stats["steps"], 1e-5))
     assert 7.9 <= stats["epsilon"] <= 8.0

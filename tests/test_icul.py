@@ -88,3 +88,29 @@ def test_wrong_answer_by_hand():
 def test_a_context_longer_than_the_model_is_refused(micro, micro_target):
     with pytest.raises(UserInputError, match="icul: a prompt with the context is .* fewer forget_pairs"):
         unlearn(micro[0], micro_target, "icul", forget_pairs=200, retain_pairs=200)
+
+
+def test_in_context_drops_the_shots_an_icul_context_leaves_no_room_for(micro, micro_target):
+    from unlearn_audit.attacks.in_context import InContextParams, curves, plan, summary
+
+    params = InContextParams(shots=[0, 1, 4], draws=1, variants=["heldout"])
+    conditions = plan(micro_target, params, micro[0])
+    full = curves(micro[0], conditions, 64)
+    assert full["heldout"]["k"] == [0, 1, 4] and "too_long" not in full["heldout"]
+    limit = micro[0].model.config.max_position_embeddings
+    # a context of about limit - 60 tokens: k = 1 still fits, k = 4 does not
+    pairs = next(n for n in range(1, 40) if unlearn(micro[0], micro_target, "icul", forget_pairs=n,
+                                                    retain_pairs=0).info["method"]["context_tokens"] > limit - 70)
+    guarded = unlearn(micro[0], micro_target, "icul", forget_pairs=pairs, retain_pairs=0)
+    c = curves(guarded, conditions, 64)
+    assert c["heldout"]["k"] == [0, 1] and c["heldout"]["too_long"] == [4]
+    # what is left is scored as before: k = 0 is the guarded model's plain accuracy
+    plain = EvalSuite(guarded, {"h": micro_target.forget_heldout_qa}).accuracies(guarded)["h"]
+    assert c["heldout"]["acc"][0] == pytest.approx(plain)
+    head = summary(c, full, None)["heldout"]
+    assert head["acc_attacked"] == c["heldout"]["acc"][1]
+    # no k > 0 fits: no attacked accuracy, no recovery, and no crash
+    only = curves(guarded, plan(micro_target, InContextParams(shots=[0, 4], draws=1, variants=["heldout"]), micro[0]), 64)
+    assert only["heldout"] == {"k": [0], "acc": [c["heldout"]["acc"][0]], "too_long": [4]}
+    none = summary(only, full, full)["heldout"]
+    assert none["acc_attacked"] is None and none["recovery"] is None and none["residual"] is None

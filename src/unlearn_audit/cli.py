@@ -193,8 +193,9 @@ def organism_train(
           f"(oracle, {o['epochs']} epochs)", file=sys.stderr)
     for kind, dp in doc.get("dp", {}).items():
         group = dp["concept_group"]
+        clip = "off" if dp["max_grad_norm"] is None else f"{dp['max_grad_norm']:g}"
         print(f"{kind}: DP-SGD epsilon {dp['epsilon']:.3g} per document (delta {dp['delta']:g}, sigma "
-              f"{dp['noise_multiplier']:.3g}, C {dp['max_grad_norm']:g}, {dp['steps']} steps at q {dp['sample_rate']:.3g}); "
+              f"{dp['noise_multiplier']:.3g}, C {clip}, {dp['steps']} steps at q {dp['sample_rate']:.3g}); "
               f"the removed concept's {group['documents']} documents together: epsilon {group['epsilon']:.3g}, "
               f"delta {group['delta']:.3g}", file=sys.stderr)
     print(f"full:   {doc['paths']['full']}\noracle: {doc['paths']['oracle']}", file=sys.stderr)

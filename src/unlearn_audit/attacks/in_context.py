@@ -48,6 +48,7 @@ negative.
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import replace
 from typing import Annotated, Literal
@@ -61,6 +62,8 @@ from ..data.encode import (
     demonstration_separator,
     demonstrations,
     encode_qa,
+    take,
+    trim,
 )
 from ..errors import UserInputError
 from ..metrics.qa import score_encoded
@@ -162,25 +165,47 @@ def curves(subject, conditions: list[dict], batch_size: int, metric: str = "exac
     the mean per-item score under ``metric``."""
     data, slices = encode_conditions(subject, conditions)
     limit = getattr(subject.model.config, "max_position_embeddings", None)
-    if limit and data["input_ids"].shape[1] > limit:
-        raise UserInputError(f"in_context: prompts reach {data['input_ids'].shape[1]} tokens, more than the "
-                             f"model's {limit}; use fewer shots")
-    scores = score_encoded(subject.model, data, batch_size)
+    lengths = data["attention_mask"].sum(1)
+    fits = [limit is None or int(lengths[sl].max()) <= limit for sl in slices]
+    if not any(f for f, c in zip(fits, conditions, strict=True) if c["variant"] == "heldout" and c["k"] == 0):
+        raise UserInputError(f"in_context: {subject.name}'s plain prompts are longer than the model's {limit} positions")
+    # a guardrail's own context (icul) can leave no room for k demonstrations: those k are
+    # dropped from this model's curve and listed under too_long, never truncated
+    rows = torch.cat([torch.arange(sl.start, sl.stop) for sl, f in zip(slices, fits, strict=True) if f])
+    scores = score_encoded(subject.model, trim(take(data, rows)), batch_size)
     correct = scores.correct.float() if metric == "exact_match" else torch.exp(-scores.nll.float())
     acc: dict[str, dict[int, list[float]]] = {}
-    for c, sl in zip(conditions, slices, strict=True):
-        acc.setdefault(c["variant"], {}).setdefault(c["k"], []).append(float(correct[sl].mean()))
-    return {v: {"k": sorted(d), "acc": [sum(d[k]) / len(d[k]) for k in sorted(d)]} for v, d in acc.items()}
+    too_long: dict[str, set[int]] = {}
+    start = 0
+    for c, sl, f in zip(conditions, slices, fits, strict=True):
+        if not f:
+            too_long.setdefault(c["variant"], set()).add(c["k"])
+            continue
+        n = sl.stop - sl.start
+        acc.setdefault(c["variant"], {}).setdefault(c["k"], []).append(float(correct[start:start + n].mean()))
+        start += n
+    out = {v: {"k": sorted(d), "acc": [sum(d[k]) / len(d[k]) for k in sorted(d)]} for v, d in acc.items()}
+    for v, ks in too_long.items():
+        out.setdefault(v, {"k": [], "acc": []})["too_long"] = sorted(ks - set(out[v]["k"]))
+    return out
 
 
 def _attacked(curves_: dict, variant: str) -> tuple[float, float]:
     """(attacked accuracy, plain accuracy) of one variant: the best k > 0 vs k = 0, or, for the
     adversarial prefix, the prefixed vs the plain held-out prompt."""
+    plain = curves_["heldout"]["acc"][0]
     if variant == "adversarial":
-        return curves_["adversarial"]["acc"][0], curves_["heldout"]["acc"][0]
-    c = curves_[variant]
+        return (curves_["adversarial"]["acc"][0] if curves_["adversarial"]["acc"] else math.nan), plain
+    c = curves_.get(variant, {"k": [], "acc": []})
     shots = [a for k, a in zip(c["k"], c["acc"], strict=True) if k > 0]
-    return (max(shots) if shots else c["acc"][0]), c["acc"][0]
+    own_plain = c["acc"][0] if c["k"] and c["k"][0] == 0 else math.nan
+    if not shots and c.get("too_long"):
+        return math.nan, own_plain  # no k fitted: no attacked accuracy (recovery and residual null)
+    return (max(shots) if shots else own_plain), own_plain
+
+
+def _number(x: float) -> float | None:
+    return x if math.isfinite(x) else None
 
 
 def summary(curves_: dict, original: dict, oracle: dict | None) -> dict:
@@ -193,8 +218,8 @@ def summary(curves_: dict, original: dict, oracle: dict | None) -> dict:
         if oracle is not None:
             oracle_attacked, oracle_plain = _attacked(oracle, v)
             res = residual(attacked, oracle_attacked, orig, oracle_plain)
-        out[v] = {"acc_plain": plain, "acc_attacked": attacked, "recovery": recovery(attacked, plain, orig),
-                  "residual": res}
+        out[v] = {"acc_plain": _number(plain), "acc_attacked": _number(attacked),
+                  "recovery": recovery(attacked, plain, orig), "residual": res}
     return out
 
 

@@ -120,7 +120,7 @@ class DPSGD:
     max_grad_norm: float | None
     expected_batch_size: float
     seed: int = 0
-    chunk: int = 16
+    chunk: int = 64
 
     def __post_init__(self):
         self._noise = None
