@@ -103,6 +103,19 @@ class InProcessPool:
         pass
 
 
+def test_cells_go_out_longest_first():
+    from unlearn_audit.experiment.config import Cell
+
+    def cell(method, **params):
+        return Cell("world:0", method, params, method, 0, method)
+
+    # steps, and twice that for a method that also draws a retain batch each step
+    assert executors.expected_cost(cell("gradient_ascent", steps=100)) == 100
+    assert executors.expected_cost(cell("gradient_difference", steps=100)) == 200
+    assert executors.expected_cost(cell("none")) == 0
+    assert executors.expected_cost(cell("icul", forget_pairs=4)) == 0
+
+
 def test_lost_workers_are_retried_and_then_the_cell_fails(matrix_reference, tmp_path, monkeypatch):
     """gradient_ascent[steps=1] loses its worker once (retried, then done); steps=2 loses it
     three times with retries 2 (failed, with the last error); the others finish, and every
@@ -115,7 +128,7 @@ def test_lost_workers_are_retried_and_then_the_cell_fails(matrix_reference, tmp_
     assert pool.submitted.count("gradient_ascent[steps=1]") == 2
     assert pool.submitted.count("gradient_ascent[steps=2]") == 3
     assert pool.submitted[0] == "shared work of world:0 seed 0"
-    assert run.computed == ["none", "gradient_ascent[steps=1]"]
+    assert run.computed == ["gradient_ascent[steps=1]", "none"]  # longest first: none has no steps
     assert run.failed == {"gradient_ascent[steps=2]": "failed 3 times; last: worker of gradient_ascent[steps=2] died"}
     status = read_status(tmp_path / "run")
     by_setting = {c["setting"]: c for c in status["cells"].values()}
@@ -134,7 +147,7 @@ def test_lost_workers_are_retried_and_then_the_cell_fails(matrix_reference, tmp_
     pool2 = InProcessPool({})
     monkeypatch.setattr(executors, "make_pool", lambda cfg, exp, out: pool2)
     again = run_experiment(exp, text)
-    assert pool2.submitted == ["gradient_ascent[steps=2]"] and again.reused == ["none", "gradient_ascent[steps=1]"]
+    assert pool2.submitted == ["gradient_ascent[steps=2]"] and sorted(again.reused) == ["gradient_ascent[steps=1]", "none"]
     assert without_timings(json.loads((tmp_path / "run" / "results.json").read_text())) == uninterrupted(matrix_reference)
 
 
@@ -154,8 +167,9 @@ def test_cells_may_start_while_their_shared_work_runs(matrix_reference, tmp_path
     monkeypatch.setattr(executors, "make_pool", lambda cfg, exp, out: pool)
     exp, text = load_experiment(with_executor(tmp_path, tmp_path / "run", kind="ray"))
     run_experiment(exp, text)
-    assert pool.submitted == ["shared work of world:0 seed 0", *SETTINGS[:3]]  # cells in the same pass
-    assert pool.waited == SETTINGS[:3]  # each unlearned, then waited for the shared file
+    longest_first = SETTINGS[:3][::-1]  # gradient_ascent steps 2, then 1, then none
+    assert pool.submitted == ["shared work of world:0 seed 0", *longest_first]  # cells in the same pass
+    assert pool.waited == longest_first  # each unlearned, then waited for the shared file
     assert without_timings(json.loads((tmp_path / "run" / "results.json").read_text())) == uninterrupted(matrix_reference)
 
 

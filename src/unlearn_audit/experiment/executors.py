@@ -94,8 +94,9 @@ def run_on_cluster(out: Path, exp: Experiment, cells: list[Cell], done: dict[str
                 waiting.append(Task(f"shared work of {shared_name(target, seed)}", shared_task,
                                     (str(out), doc, target, seed), group))
                 status.shared_task(target, seed, "pending")
+            mine = [c for c in cells if (c.target, c.seed) == group and c.key not in done]
             waiting += [Task(c.setting, cell_task, (str(out), doc, c.key, False), group, cell=c)
-                        for c in cells if (c.target, c.seed) == group and c.key not in done]
+                        for c in sorted(mine, key=expected_cost, reverse=True)]
     todo = sum(1 for t in waiting if t.cell is not None)
     if not todo:
         return shared
@@ -190,6 +191,17 @@ def run_on_cluster(out: Path, exp: Experiment, cells: list[Cell], done: dict[str
                     raise UnlearnAuditError(f"the shared work of {shared_name(target, seed)} failed; see {status.path}")
                 shared[(target, seed)] = stored
     return shared
+
+
+def expected_cost(cell: Cell) -> float:
+    """A cell's relative cost for longest-first submission (Graham 1969: the longest cells
+    first, so that the run does not end on one long cell with the other workers idle): its
+    method's optimiser steps, twice for a method that also draws a retain batch each step.
+    Methods without steps count 0 and go last; ties keep the study's order."""
+    from ..methods import get_method
+
+    steps = cell.params.get("steps", 0) or 0
+    return steps * (2 if getattr(get_method(cell.method), "uses_retain", False) else 1)
 
 
 def _mark(status: RunStatus, t: Task, state: str, **info) -> None:
