@@ -186,7 +186,8 @@ def curves(subject, conditions: list[dict], batch_size: int, metric: str = "exac
         start += n
     out = {v: {"k": sorted(d), "acc": [sum(d[k]) / len(d[k]) for k in sorted(d)]} for v, d in acc.items()}
     for v, ks in too_long.items():
-        out.setdefault(v, {"k": [], "acc": []})["too_long"] = sorted(ks - set(out[v]["k"]))
+        curve = out.setdefault(v, {"k": [], "acc": []})
+        curve["too_long"] = sorted(ks - set(curve["k"]))
     return out
 
 
