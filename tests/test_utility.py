@@ -56,16 +56,16 @@ def task_dir(micro_target, tmp_path_factory):
 
 def hand_accuracy(subject, rows) -> float:
     """argmax over choices of the summed log-probability of `` choice`` after the prompt, the
-    continuation's tokens being those the whole string adds to the prompt's (no BOS, as lm-eval
-    encodes for a model without one)."""
+    continuation's tokens being those the whole string adds to the prompt's; both encoded as
+    the tokenizer does by default (the organism's adds BOS, as for every prompt we encode)."""
     tok, model = subject.tokenizer, subject.model
     correct = 0
     for r in rows:
         context = f"Question: {r['question']}\nAnswer:"
-        ctx = tok(context, add_special_tokens=False)["input_ids"]
+        ctx = tok(context)["input_ids"]
         scores = []
         for choice in r["choices"]:
-            whole = tok(context + " " + choice, add_special_tokens=False)["input_ids"]
+            whole = tok(context + " " + choice)["input_ids"]
             with torch.no_grad():
                 logp = torch.log_softmax(model(torch.tensor([whole[:-1]])).logits[0].float(), -1)
             cont = range(len(ctx), len(whole))

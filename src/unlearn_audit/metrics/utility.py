@@ -53,7 +53,12 @@ def lm_eval_scores(subject, config: UtilityConfig, manager=None) -> dict[str, fl
     from lm_eval.models.huggingface import HFLM
 
     manager = manager or task_manager(config)
-    lm = HFLM(pretrained=subject.model, tokenizer=subject.tokenizer, batch_size=config.batch_size)
+    # lm-eval's own default (None: "the tokenizer's") has changed meaning across transformers
+    # releases; say it: prompts start with BOS exactly when the subject's tokenizer adds one,
+    # as in every other prompt this package encodes
+    tok = subject.tokenizer
+    adds_bos = tok.bos_token_id is not None and tok("a")["input_ids"][:1] == [tok.bos_token_id]
+    lm = HFLM(pretrained=subject.model, tokenizer=tok, batch_size=config.batch_size, add_bos_token=adds_bos)
     chat = subject.prompt.chat
     instruction = subject.system_prompt if chat else subject.info.get(GUARD_INSTRUCTION)
     limit = int(config.limit) if config.limit is not None and config.limit >= 1 else config.limit
