@@ -276,6 +276,19 @@ def test_seed_flag_is_bounded():
     assert "--seed" in stderr
 
 
+def test_dp_flags_are_checked_before_anything_is_trained(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNLEARN_AUDIT_CACHE", str(tmp_path / "cache"))
+    cases = {("--dp-epsilon", "0"): "--dp-epsilon must be > 0",
+             ("--dp-epsilon", "8", "--dp-delta", "1"): "--dp-delta in (0, 1)",
+             ("--dp-delta", "1e-6"): "need --dp-epsilon",
+             ("--dp-epsilon", "8", "--base", str(tmp_path)): "leave out --base"}
+    for flags, message in cases.items():
+        code, _, stderr = cli("organism", "train", *flags)
+        assert_refused(code, stderr)
+        assert message in stderr, (flags, stderr)
+    assert not (tmp_path / "cache" / "organisms").exists()
+
+
 def _out_cases(tmp: Path) -> dict[str, Path]:
     (tmp / "file").write_text("mine")
     (tmp / "loop").symlink_to(tmp / "loop")

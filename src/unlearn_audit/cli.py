@@ -156,6 +156,9 @@ def organism_train(
         if dp_epsilon is not None:
             from .organisms import dp_preset_name
 
+            if dp_epsilon <= 0 or not 0 < dp_delta < 1:
+                raise UserInputError("--dp-epsilon must be > 0 (inf: no noise) and --dp-delta in (0, 1)")
+
             preset = dp_preset_name(preset, dp_epsilon, dp_delta, dp_max_grad_norm)
         elif (dp_delta, dp_max_grad_norm) != (1e-5, 1.0):
             raise UserInputError("--dp-delta and --dp-max-grad-norm need --dp-epsilon")
