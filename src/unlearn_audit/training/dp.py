@@ -36,12 +36,12 @@ from ..errors import UserInputError
 DEFAULT_DELTA = 1e-5
 
 
-def _opacus():
+def _opacus() -> None:
+    """A one-line error naming the extra when Opacus is missing."""
     try:
         import opacus.accountants  # noqa: F401
     except ImportError:
         raise UserInputError("DP-SGD's privacy accounting needs Opacus: pip install 'unlearn-audit[dp]'") from None
-    return opacus
 
 
 def noise_multiplier_for(epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
