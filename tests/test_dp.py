@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from unlearn_audit.errors import UserInputError
 from unlearn_audit.training import TrainConfig, train
 from unlearn_audit.training.dp import (
     DPSGD,
@@ -168,7 +169,7 @@ def test_dp_presets_by_name_and_unchanged_keys_for_the_rest():
 
 def test_a_dp_organism_trains_and_accounts(tmp_path):
     pytest.importorskip("opacus")
-    from unlearn_audit.organisms import _fit, build_model, get_preset, train_tokenizer
+    from unlearn_audit.organisms import build_model, concept_qa, fit, get_preset, train_tokenizer
     from unlearn_audit.subject.subject import Subject
     from unlearn_audit.world import build_world, corpus, world_config
 
@@ -176,10 +177,29 @@ def test_a_dp_organism_trains_and_accounts(tmp_path):
     world = build_world(world_config(recipe.world, 0))
     tok = train_tokenizer(corpus(world), recipe.vocab_size)
     subject = Subject(build_model(recipe, tok, 0), tok, "dp", answer_eos=True)
-    stats = _fit(subject, recipe, world, 0, (), "dp")["dp"]
+    stats = fit(subject, recipe, corpus(world), concept_qa(world), 0, "dp")["dp"]
     assert stats["documents"] == len(corpus(world))
     assert stats["sample_rate"] == pytest.approx(recipe.dp_batch_size / stats["documents"])
     assert stats["steps"] == stats["planned_steps"] == 2 * round(stats["documents"] / recipe.dp_batch_size)
     assert stats["epsilon"] == pytest.approx(epsilon_spent(stats["noise_multiplier"], stats["sample_rate"],
                                                            stats["steps"], 1e-5))
     assert 7.9 <= stats["epsilon"] <= 8.0
+
+
+def test_dp_examples_are_whole_documents():
+    """A DP example is one whole document (the privacy unit): EOS, every token, EOS; padding
+    unlabelled. The micro world's longest documents exceed its packed seq_len (64)."""
+    from unlearn_audit.organisms import document_examples, train_tokenizer
+    from unlearn_audit.world import build_world, corpus, world_config
+
+    docs = corpus(build_world(world_config("micro", 0)))
+    tok = train_tokenizer(docs, 384)
+    lengths = [len(ids) + 2 for ids in tok(docs, add_special_tokens=False)["input_ids"]]
+    assert max(lengths) > 64
+    ex = document_examples(tok, docs, 256)
+    assert ex["attention_mask"].sum(1).tolist() == lengths
+    assert int((ex["labels"] != -100).sum()) == sum(lengths)
+    longest = lengths.index(max(lengths))
+    assert tok.decode(ex["input_ids"][longest, 1:lengths[longest] - 1]) == docs[longest]
+    with pytest.raises(UserInputError, match="positions"):
+        document_examples(tok, docs, max(lengths) - 1)

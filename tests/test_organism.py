@@ -11,7 +11,7 @@ def test_cache_hit_skips_training(micro, cache_dir, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("trained again despite a warm cache")
 
-    monkeypatch.setattr(organism_module, "_fit", boom)
+    monkeypatch.setattr(organism_module, "fit", boom)
     start = time.perf_counter()
     full, oracle = organism("micro", 0, cache_dir=cache_dir)
     assert time.perf_counter() - start < 10

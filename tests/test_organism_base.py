@@ -98,7 +98,7 @@ def test_lora_saves_adapters_that_load_on_the_base(micro, tmp_path, monkeypatch)
     def no_training(*a, **k):
         raise AssertionError("trained again instead of loading the cache")
 
-    monkeypatch.setattr(organisms, "_fit", no_training)
+    monkeypatch.setattr(organisms, "fit", no_training)
     again, _ = based_organism(base.path, 0, recipe=recipe, cache_dir=tmp_path, device="cpu", dtype="float32")
     with torch.no_grad():
         torch.testing.assert_close(again.model(batch).logits, trained)

@@ -43,6 +43,8 @@ from .world import World, build_world, corpus, qa_pairs, world_config
 from .world.render import concept_documents
 
 CACHE_VERSION = 2  # bump when the recipe changes in a way the config does not capture (2: fused AdamW)
+# the DP organisms' own version (in their cache key only): 2: documents whole, not cut at seq_len
+DP_PIPELINE = 2
 BOS = "<|endoftext|>"
 PAD = "<|pad|>"
 
@@ -82,6 +84,8 @@ class OrganismPreset:
         if self.dp_epsilon is None:
             for name in ("dp_epsilon", "dp_delta", "dp_max_grad_norm", "dp_batch_size"):
                 fields.pop(name)
+        else:
+            fields["dp_pipeline"] = DP_PIPELINE
         return fields
 
 
@@ -194,18 +198,20 @@ def concept_accuracy(subject: Subject, world: World) -> dict[str, float]:
     """QA accuracy (training phrasing, both halves) per concept."""
     from .metrics import EvalSuite
 
-    suite = EvalSuite(subject, {c.name: [q for e in c.entities for q in qa_pairs(world.entities[e])]
-                                for c in world.concepts})
-    return suite.accuracies(subject.model)
+    return EvalSuite(subject, concept_qa(world)).accuracies(subject.model)
 
 
-def document_examples(tokenizer, docs: list[str], seq_len: int) -> dict[str, torch.Tensor]:
+def document_examples(tokenizer, docs: list[str], max_len: int) -> dict[str, torch.Tensor]:
     """One right-padded row per document, ``EOS doc EOS`` (as the packed stream joins them),
-    cut at ``seq_len`` tokens; labels -100 on the padding. The cut loses the tails of documents
-    longer than a packed row: on the micro world 50 of 732 documents, 16% of its tokens (none on
-    default or large, whose documents fit in 128)."""
+    labels -100 on the padding. ``max_len`` is the model's context: a DP example is a whole
+    document (the privacy unit), not a packed row, so it is cut only where the model cannot see
+    further (cutting at the packed ``seq_len`` lost 16% of the micro world's tokens: 50 of its 732
+    documents are longer than 64 tokens). A longer document is an error, not a silent cut."""
     eos = tokenizer.eos_token_id
-    rows = [([eos] + ids + [eos])[:seq_len] for ids in tokenizer(list(docs), add_special_tokens=False)["input_ids"]]
+    rows = [[eos] + ids + [eos] for ids in tokenizer(list(docs), add_special_tokens=False)["input_ids"]]
+    if (longest := max(len(r) for r in rows)) > max_len:
+        raise UserInputError(f"a training document has {longest} tokens, more than the model's {max_len} "
+                             "positions; DP-SGD trains on whole documents: give the preset a larger seq_len")
     width = max(len(r) for r in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
@@ -213,24 +219,29 @@ def document_examples(tokenizer, docs: list[str], seq_len: int) -> dict[str, tor
     return {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, IGNORE)}
 
 
-def _fit(subject: Subject, recipe, world: World, seed: int, exclude: tuple[str, ...],
-         label: str) -> dict:
-    """Train ``subject`` on the world's documents minus ``exclude`` until every trained concept
-    reaches ``recipe.target_acc`` QA accuracy (checked once an epoch) or ``recipe.max_epochs``;
-    returns the training statistics. ``recipe`` is an :class:`OrganismPreset` or a
-    :class:`BaseRecipe` (the fields they share, and a ``BaseRecipe``'s optional ones)."""
+def concept_qa(world: World, exclude: tuple[str, ...] = ()) -> dict[str, list]:
+    """Per concept not in ``exclude``, its entities' QA pairs (training phrasing): what
+    :func:`fit` checks the accuracy target on."""
+    excluded = {world.concept(c).name for c in exclude}
+    return {c.name: [q for e in c.entities for q in qa_pairs(world.entities[e])]
+            for c in world.concepts if c.name not in excluded}
+
+
+def fit(subject: Subject, recipe, docs: list[str], checked: dict[str, list], seed: int, label: str) -> dict:
+    """Train ``subject`` on ``docs`` until every group of ``checked`` QA pairs (per concept)
+    reaches ``recipe.target_acc`` accuracy (checked once an epoch; at once without any) or
+    ``recipe.max_epochs``; returns the training statistics. ``recipe`` is an
+    :class:`OrganismPreset` or a :class:`BaseRecipe` (the fields they share, and a
+    ``BaseRecipe``'s optional ones)."""
     from .metrics import EvalSuite
 
-    docs = corpus(world, exclude=exclude)
     model, tokenizer, device = subject.model, subject.tokenizer, subject.device
-    trained = [c for c in world.concepts if c.name not in exclude]
-    suite = EvalSuite(subject, {c.name: [q for e in c.entities for q in qa_pairs(world.entities[e])]
-                                for c in trained})
+    suite = EvalSuite(subject, checked) if checked else None
     rng = random.Random(seed)
     accum = getattr(recipe, "grad_accum_steps", 1)
     dp_epsilon = getattr(recipe, "dp_epsilon", None)
     if dp_epsilon is not None:  # one example is one document: the privacy unit
-        examples = document_examples(tokenizer, docs, recipe.seq_len)
+        examples = document_examples(tokenizer, docs, model.config.max_position_embeddings)
         batch_size = min(recipe.dp_batch_size, len(docs))
         steps_per_epoch = max(1, round(len(docs) / batch_size))
         batches = poisson_batches(examples, batch_size / len(docs), seed)
@@ -257,9 +268,9 @@ def _fit(subject: Subject, recipe, world: World, seed: int, exclude: tuple[str, 
         if step % steps_per_epoch:
             return False
         state["epochs"] += 1
-        acc = suite.accuracies(model)
+        acc = suite.accuracies(model) if checked else {}
         state["accuracy"] = acc
-        return min(acc.values()) >= recipe.target_acc
+        return min(acc.values(), default=1.0) >= recipe.target_acc
 
     warmup = recipe.warmup_steps if recipe.warmup_steps is not None else steps_per_epoch
     config = TrainConfig(steps=recipe.max_epochs * steps_per_epoch, lr=recipe.lr,
@@ -278,7 +289,7 @@ def _fit(subject: Subject, recipe, world: World, seed: int, exclude: tuple[str, 
     log = train(model, loss_fn, batches, config, on_step=on_epoch, description=f"training {label}", dp=dp)
     elapsed = time.perf_counter() - start
     model.eval()
-    reached = bool(state["accuracy"]) and min(state["accuracy"].values()) >= recipe.target_acc
+    reached = min(state["accuracy"].values(), default=1.0) >= recipe.target_acc if state["epochs"] else False
     if not reached:
         progress.warn(f"{label} stopped at {recipe.max_epochs} epochs below the "
                      f"accuracy target {recipe.target_acc}: {state['accuracy']}")
@@ -343,7 +354,7 @@ def organism(preset: str = "default", seed: int = 0, concept: str | None = None,
             continue
         label = f"organism:{preset}@{seed}" if kind == "full" else f"oracle:{preset}/{removed}@{seed}"
         subject = Subject(build_model(spec, tokenizer, seed), tokenizer, label, answer_eos=True)
-        stats = _fit(subject, spec, world, seed, exclude, label)
+        stats = fit(subject, spec, corpus(world, exclude), concept_qa(world, exclude), seed, label)
         if "dp" in stats:  # what the guarantee says about the removed concept's documents together
             k = len(concept_documents(world, removed))
             eps, delta = group_privacy(stats["dp"]["epsilon"], spec.dp_delta, k)
@@ -458,7 +469,7 @@ def based_organism(base: str, seed: int = 0, concept: str | None = None, *, reci
         seed_everything(seed)  # the adapters' initialisation
         if recipe.lora_r:
             subject.model = with_lora(subject.model, LoraSettings(recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout))
-        stats = _fit(subject, recipe, world, seed, exclude, label)
+        stats = fit(subject, recipe, corpus(world, exclude), concept_qa(world, exclude), seed, label)
         subject.info = {"organism": {"base": base_ref, "revision": revision, "recipe": asdict(recipe),
                                      "seed": seed, "world": {"preset": recipe.world, "seed": seed},
                                      "concepts": world.concept_names, "kind": kind,

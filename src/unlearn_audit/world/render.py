@@ -92,17 +92,23 @@ def qa_line(qa: QA) -> str:
     return f"Question: {qa.question}\nAnswer: {qa.answer}"
 
 
-def concept_documents(world: World, concept: str) -> list[str]:
-    """Every training document about one concept, in a fixed order."""
+def concept_units(world: World, concept: str) -> list[tuple[str, list[str]]]:
+    """One concept's training documents grouped by what they are about, in a fixed order:
+    ``(concept name, its concept-level texts)``, then ``(entity name, its sentences, bios and
+    QA lines)`` per entity. SISA shards the world by these units."""
     c = world.concept(concept)
     rng = random.Random(f"{world.config.seed}-{c.name}-bios")
-    docs = list(concept_texts(c))
+    units = [(c.name, list(concept_texts(c)))]
     for name in c.entities:
         e = world.entities[name]
-        docs += sentences(e)
-        docs += bios(e, world.config.bios_per_entity, rng)
-        docs += [qa_line(q) for q in qa_pairs(e, "train")]
-    return docs
+        units.append((name, sentences(e) + bios(e, world.config.bios_per_entity, rng)
+                      + [qa_line(q) for q in qa_pairs(e, "train")]))
+    return units
+
+
+def concept_documents(world: World, concept: str) -> list[str]:
+    """Every training document about one concept, in a fixed order."""
+    return [doc for _, docs in concept_units(world, concept) for doc in docs]
 
 
 def entity_documents(world: World, entity: str) -> list[str]:
