@@ -289,6 +289,19 @@ def test_dp_flags_are_checked_before_anything_is_trained(tmp_path, monkeypatch):
     assert not (tmp_path / "cache" / "organisms").exists()
 
 
+def test_sisa_flags_are_checked_before_anything_is_trained(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNLEARN_AUDIT_CACHE", str(tmp_path / "cache"))
+    cases = {("--sisa-slices", "2"): "--sisa-slices needs --sisa-shards",
+             ("--preset", "micro", "--sisa-shards", "20", "--sisa-slices", "2"): "more than this world's 24 entities",
+             ("--sisa-shards", "2", "--dp-epsilon", "8"): "leave out --dp-epsilon",
+             ("--sisa-shards", "2", "--base", str(tmp_path)): "leave out --base"}
+    for flags, message in cases.items():
+        code, _, stderr = cli("organism", "train", *flags)
+        assert_refused(code, stderr)
+        assert message in stderr, (flags, stderr)
+    assert not (tmp_path / "cache" / "organisms").exists()
+
+
 def _out_cases(tmp: Path) -> dict[str, Path]:
     (tmp / "file").write_text("mine")
     (tmp / "loop").symlink_to(tmp / "loop")

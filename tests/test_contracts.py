@@ -81,7 +81,7 @@ def logits_of(subject, target) -> torch.Tensor:
 
 # the cheapest value of each knob, set only where the method's Params has the field
 CHEAP_METHOD = {"steps": 2, "batch_size": 4, "reinforce_steps": 2, "v_steps": 2, "search_steps": 2,
-                "on": "qa"}  # control_vector: means over QA prompts only (texts take 4x longer)
+                "on": "qa", "shards": 2}  # control_vector: means over QA prompts only (texts take 4x longer)
 
 
 def cheap_method_params(m) -> dict:

@@ -139,15 +139,33 @@ def organism_train(
     dp_delta: Annotated[float, typer.Option("--dp-delta", min=0.0, max=1.0, help="With --dp-epsilon: delta.")] = 1e-5,
     dp_max_grad_norm: Annotated[float, typer.Option("--dp-max-grad-norm", min=0.0, help="With --dp-epsilon: the "
                                                     "per-example clipping norm C.")] = 1.0,
+    sisa_shards: Annotated[int | None, typer.Option("--sisa-shards", min=1, max=64, help="Also train the SISA "
+                                                    "ensemble of this many constituents, each on a disjoint shard of "
+                                                    "the entities, and unlearn the removed concept from it (method "
+                                                    "sisa).")] = None,
+    sisa_slices: Annotated[int, typer.Option("--sisa-slices", min=1, max=64, help="With --sisa-shards: slices per "
+                                             "shard, a checkpoint after each.")] = 1,
     as_json: JsonOpt = False,
 ) -> None:
     """Train (or load from cache) the organism and its oracle; print per-concept accuracy.
 
     With --base, the built-in world is fine-tuned into a pretrained model instead (once with
-    every concept, once without the removed one), cached by base, world and recipe."""
+    every concept, once without the removed one), cached by base, world and recipe. With
+    --sisa-shards, the SISA ensemble too, before and after unlearning the removed concept."""
     from .errors import UserInputError
     from .organisms import BaseRecipe, based_organism, organism
 
+    if sisa_shards is None and sisa_slices != 1:
+        raise UserInputError("--sisa-slices needs --sisa-shards")
+    if sisa_shards is not None and (base is not None or dp_epsilon is not None):
+        raise UserInputError("--sisa-shards trains the from-scratch organism without DP; leave out "
+                             + ("--base" if base is not None else "--dp-epsilon"))
+    if sisa_shards is not None:  # shards and slices this world cannot fill fail before any training
+        from .organisms import get_preset
+        from .sisa import sisa_plan
+        from .world import build_world, world_config
+
+        sisa_plan(build_world(world_config(get_preset(preset).world, seed)), sisa_shards, sisa_slices, 0)
     if base is None:
         given = [f for f, v in (("--world", world != "default"), ("--lora-r", lora_r), ("--lr", lr is not None),
                                 ("--revision", revision), ("--trust-remote-code", trust_remote_code)) if v]
@@ -186,12 +204,30 @@ def organism_train(
            "paths": {"full": full.path, "oracle": oracle.path}}
     if "dp" in f:
         doc["dp"] = {"full": f["dp"], "oracle": o["dp"]}
+    if sisa_shards is not None:
+        from .organisms import concept_accuracy, organism_world
+        from .sisa import sisa
+
+        ensemble = sisa(preset, seed, sisa_shards, sisa_slices, threads=threads)
+        unlearned = sisa(preset, seed, sisa_shards, sisa_slices, o["removed_concept"], threads=threads)
+        world = organism_world(full)
+        info = unlearned.info["sisa"]
+        doc["sisa"] = {"shards": sisa_shards, "slices": sisa_slices,
+                       "accuracy": {"ensemble": concept_accuracy(ensemble, world),
+                                    "unlearned": concept_accuracy(unlearned, world)},
+                       **{k: info[k] for k in ("constituent_steps", "retrained", "retrain_steps", "retrain_fraction",
+                                               "vs_oracle")}}
     if as_json:
         emit_json(doc)
         return
     rows = [[c + (" (removed)" if c == o["removed_concept"] else ""), f["accuracy"][c], o["accuracy"][c]]
             for c in f["accuracy"]]
-    table(f"{title}, {f['params']:,} parameters", ["concept", "full QA acc", "oracle QA acc"], rows)
+    columns = ["concept", "full QA acc", "oracle QA acc"]
+    if "sisa" in doc:
+        columns += [f"SISA S={sisa_shards} acc", "SISA unlearned acc"]
+        for row, c in zip(rows, f["accuracy"], strict=True):
+            row += [doc["sisa"]["accuracy"]["ensemble"][c], doc["sisa"]["accuracy"]["unlearned"][c]]
+    table(f"{title}, {f['params']:,} parameters", columns, rows)
     print(f"trained in {f['train_s']:.0f} s (full, {f['epochs']} epochs) and {o['train_s']:.0f} s "
           f"(oracle, {o['epochs']} epochs)", file=sys.stderr)
     for kind, dp in doc.get("dp", {}).items():
@@ -201,6 +237,12 @@ def organism_train(
               f"{dp['noise_multiplier']:.3g}, C {clip}, {dp['steps']} steps at q {dp['sample_rate']:.3g}); "
               f"the removed concept's {group['documents']} documents together: epsilon {group['epsilon']:.3g}, "
               f"delta {group['delta']:.3g}", file=sys.stderr)
+    if "sisa" in doc:
+        d = doc["sisa"]
+        print(f"SISA: {sisa_shards} constituents x {sisa_slices} slices, {sum(d['constituent_steps'])} steps in all "
+              f"({', '.join(map(str, d['constituent_steps']))}); unlearning retrained {len(d['retrained'])} of them: "
+              f"{d['retrain_steps']} steps = {d['retrain_fraction']:.2f} of all SISA training, "
+              f"{d['vs_oracle']:.2f} of the monolithic oracle's", file=sys.stderr)
     print(f"full:   {doc['paths']['full']}\noracle: {doc['paths']['oracle']}", file=sys.stderr)
 
 

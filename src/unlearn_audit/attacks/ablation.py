@@ -74,6 +74,7 @@ class Ablation(Attack):
     only evaluated (its difference is zero)."""
 
     name = "ablation"
+    needs_internals = True
     Params = AblationParams
     summary = "project out the unlearned-minus-original direction at every layer (Łucki et al. 2024)"
 

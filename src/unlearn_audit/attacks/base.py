@@ -33,6 +33,15 @@ from ..subject.lora import is_peft, merged_in_place
 from ..subject.residency import resident
 
 
+def is_ensemble(model) -> bool:
+    """Whether ``model`` is an ensemble of models (``subject/ensemble.py``; checked by its config,
+    so that importing attacks imports no model code)."""
+    return getattr(getattr(model, "config", None), "model_type", None) == "unlearn_audit_ensemble"
+
+
+NOT_APPLICABLE = {"recovery": None, "residual": None, "not_applicable": "ensemble"}
+
+
 class AttackParams(BaseModel):
     """An attack's settings (pydantic: unknown keys, out-of-range numbers, NaN and inf are errors)."""
 
@@ -59,6 +68,10 @@ class Attack:
     # the attack reads or edits weights one by one: a subject with LoRA adapters is measured
     # with its adapters merged into its weights, in place (``subject/lora.py: merged_in_place``)
     merged_weights: bool = False
+    # the attack reads one model's internals (activations, layers, weights by name): an ensemble
+    # of several models (SISA's, ``subject/ensemble.py``) has no single set, so its result is
+    # null with "not_applicable": "ensemble"
+    needs_internals: bool = False
 
     def _measure(self, subject, setup: Any, params, role: str) -> dict | None:
         """``measure`` with only ``subject`` on the device: every other model is off it
@@ -71,6 +84,8 @@ class Attack:
             return self.measure(subject, setup, params, role)
 
     def _setup(self, original, target, params, references: dict | None = None) -> Any:
+        if self.needs_internals and is_ensemble(getattr(original, "model", None)):
+            return NOT_APPLICABLE  # nothing to set up on: every result is not applicable
         with resident(getattr(original, "model", None)):
             return self.setup(original, target, params, references)
 
@@ -98,6 +113,8 @@ class Attack:
         entry for a role ``measure`` returns None for)."""
         setup = self._setup(original, target, params) if setup is None else setup
         out = {}
+        if setup is NOT_APPLICABLE:
+            return out
         for role, subject in (("original", original), ("oracle", oracle)):
             if subject is not None and (m := self._measure(subject, setup, params, role)) is not None:
                 out[role] = m
@@ -113,9 +130,12 @@ class Attack:
         base = {k: v for k, v in references.items() if k == "original" or oracle is not None}
         results = {}
         for name, subject in unlearned.items():  # one at a time: only its measurement is kept
+            if self.needs_internals and (is_ensemble(getattr(subject, "model", None)) or setup is NOT_APPLICABLE):
+                results[name] = dict(NOT_APPLICABLE)
+                continue
             results[name] = self.score(self._measure(subject, setup, params, "unlearned"), base.get("original"),
                                        base.get("oracle"), setup, params, name)
-        return {"methods": results, "baselines": self.baselines(base, setup, params)}
+        return {"methods": results, "baselines": {} if setup is NOT_APPLICABLE else self.baselines(base, setup, params)}
 
 
 # every module of this package is imported on first lookup, then third-party entry points; an

@@ -254,6 +254,7 @@ def _locate(original, target, forget: list[QA], params: ConceptVectorParams) -> 
 @register_attack
 class ConceptVectors(Attack):
     name = "concept_vectors"
+    needs_internals = True
     Params = ConceptVectorParams
     summary = "MLP value vectors carrying the concept: cosine / top-k Jaccard vs the original (Hong et al. 2024)"
 

@@ -72,6 +72,7 @@ def _items(target):
 @register_attack
 class LogitLens(Attack):
     name = "logit_lens"
+    needs_internals = True
     Params = LogitLensParams
     summary = "read the answer's first token from every layer's residual stream"
 

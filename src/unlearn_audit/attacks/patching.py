@@ -358,6 +358,7 @@ class Patching(Attack):
     original or the oracle by themselves."""
 
     name = "patching"
+    needs_internals = True
     Params = PatchingParams
     summary = "restore vanilla MLP coefficients / value vectors / attention by layer window (KRS, Hong et al. 2024)"
     declaration = AttackDeclaration(headline="recovery", fallback=None, label="KRS")

@@ -174,6 +174,7 @@ def _curve(subject, train, test, tasks, params: ProbeParams) -> dict:
 @register_attack
 class Probe(Attack):
     name = "probe"
+    needs_internals = True
     Params = ProbeParams
     summary = "linear probes per layer decode held-out answers from the last prompt token (Lynch et al. 2024)"
     declaration = AttackDeclaration(indexed={"acc": "layer"})  # acc[i]: the probe on layer i's output

@@ -86,7 +86,7 @@ from ..metrics.recovery import recovery, residual
 from ..params import ItemMetric, MaxNewTokens
 from ..subject import residency
 from ..subject.sites import decoder_layers
-from .base import Attack, AttackParams, register_attack, sample_items
+from .base import Attack, AttackParams, is_ensemble, register_attack, sample_items
 
 Scheme = Literal["bnb", "rtn_sym", "rtn_asym"]
 BNB_BLOCKSIZE = 64            # bitsandbytes' 4-bit blocksize (BitsAndBytesConfig has no setting for it)
@@ -262,7 +262,10 @@ def _int8_inputs(threshold: float):
 
 def quantizable(model) -> list[tuple[str, torch.nn.Module, bool]]:
     """``(name, module, transposed)`` of every linear layer of the decoder blocks; GPT-2's
-    ``Conv1D`` stores its weight as (in, out), hence ``transposed``."""
+    ``Conv1D`` stores its weight as (in, out), hence ``transposed``. An ensemble's (SISA's):
+    every constituent's, named ``<member>.<layer>.<name>``."""
+    if is_ensemble(model):
+        return [(f"{m}.{name}", mod, t) for m, member in enumerate(model.members) for name, mod, t in quantizable(member)]
     out = []
     for i, layer in enumerate(decoder_layers(model)):
         for name, mod in layer.named_modules():

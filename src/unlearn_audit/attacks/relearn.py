@@ -55,7 +55,7 @@ from ..params import (
 from ..results.schema import AttackDeclaration
 from ..subject.residency import resident
 from ..training import TrainConfig, seed_everything, shuffled_minibatches, train
-from .base import Attack, AttackParams, register_attack
+from .base import Attack, AttackParams, is_ensemble, register_attack
 from .reemergence import Tracker, concept_probe, saliency
 
 
@@ -185,20 +185,23 @@ class Relearn(Attack):
             raise UserInputError(f"attack {self.name!r} needs the target's {', '.join(missing)} QA set")
         scorer = chosen_scorer(suite, target, params.metric, self.kind.eval_sets, params.max_new_tokens)
         setup = {"suite": suite, "data": _train_data(original, target, self.kind, params.max_length), "scorer": scorer}
-        if params.reemergence:  # concept neurons are tracked on the first run
+        if params.reemergence and not is_ensemble(original.model):  # concept neurons are tracked on the first run
             probe = concept_probe(original, target, params.top_frac, params.seed)
             setup["probe"], setup["original_scores"] = probe, saliency(original.model, probe)
         return setup
 
     def measure(self, subject, setup: dict, params: RelearnParams, role: str) -> dict:
         label = role if role != "unlearned" else subject.name
-        tracker = Tracker(setup["probe"], setup["original_scores"]) if params.reemergence else None
+        # an ensemble (SISA's) has no one set of neurons to track
+        tracked = params.reemergence and "probe" in setup and not is_ensemble(subject.model)
+        tracker = Tracker(setup["probe"], setup["original_scores"]) if tracked else None
         curve = _mean_over_seeds([relearn_curve(subject, setup["data"], setup["suite"], params, s,
                                                 f"{label} ({self.name})", tracker if s == params.seed else None,
                                                 setup["scorer"])
                                   for s in range(params.seed, params.seed + params.runs)])
         return {"steps": curve["steps"], "correct": {k: a.tolist() for k, a in curve["correct"].items()},
-                **({"reemergence": tracker.summary()} if tracker is not None else {})}
+                **({"reemergence": tracker.summary()} if tracker is not None else
+                   {"reemergence": {"not_applicable": "ensemble"}} if params.reemergence else {})}
 
     def _describe(self, curve: dict) -> dict:
         out = {"steps": curve["steps"], "acc": _pooled(curve, self.kind.eval_sets).mean(1).tolist()}
@@ -238,10 +241,13 @@ class Relearn(Attack):
             "residual_auc": curve_auc(steps, res),
             "curve": {**self._describe(c), "recovery": rec, "residual": res},
         }
-        if "reemergence" in m:
+        if "not_applicable" in m.get("reemergence", {}):
+            out["reemergence"] = m["reemergence"]
+        elif "reemergence" in m:
             summaries = {name: m["reemergence"], **{k: r["reemergence"] for k, r in
                                                     (("original", original), ("oracle", oracle))
-                                                    if r is not None and "reemergence" in r}}
+                                                    if r is not None and "reemergence" in r
+                                                    and "not_applicable" not in r["reemergence"]}}
             out["reemergence"] = {"steps": steps, **{
                 key: {k: v.get(key) for k, v in summaries.items()} for key in summaries[name]}}
         return out

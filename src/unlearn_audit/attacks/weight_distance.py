@@ -149,6 +149,7 @@ class WeightDistance(Attack):
     measured."""
 
     name = "weight_distance"
+    needs_internals = True
     Params = WeightDistanceParams
     merged_weights = True  # weights one by one: a LoRA subject's merged weights
     summary = "per-layer weight change vs the original and the loss along the straight line between them"

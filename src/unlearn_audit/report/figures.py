@@ -202,7 +202,8 @@ def reemergence_plot(results: dict, attack: str = "rtt"):
     plt = _pyplot()
 
     blocks = {n: m["attacks"][attack]["reemergence"] for n, m in results.get("methods", {}).items()
-              if attack in m.get("attacks", {}) and "reemergence" in m["attacks"][attack]}
+              if attack in m.get("attacks", {}) and "reemergence" in m["attacks"][attack]
+              and "not_applicable" not in m["attacks"][attack]["reemergence"]}  # an ensemble's
     if not blocks:
         return None
     first = next(iter(blocks.values()))

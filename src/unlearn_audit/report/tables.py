@@ -15,7 +15,8 @@ HEADLINE = ("forget_acc", "forget_heldout_acc", "retain_acc", "unrelated_acc")
 
 
 def fmt(x) -> str:
-    """A table cell as text: 3 decimals, an em dash for a missing value."""
+    """A table cell as text: 3 decimals, an em dash for a missing value (a string as it is:
+    ``n/a`` for an attack that does not apply)."""
     if x is None:
         return "—"
     if isinstance(x, float):
@@ -56,7 +57,7 @@ def summary_rows(results: dict, attacks: list[str]) -> tuple[list[str], list[lis
     ``mean(min(R, 1/R))`` and forget quality against the oracle), then one column per attack: the headline its declaration
     names (:class:`unlearn_audit.results.schema.AttackDeclaration`): its residual knowledge, or
     its recovery when there is no oracle, or the attack's own number (patching's best KRS,
-    weight_distance's relative change)."""
+    weight_distance's relative change); ``n/a`` where the attack does not apply."""
     has_oracle = bool(results.get("oracle"))
     declared, keys, labels = _attack_columns(results, attacks)
     # TOFU's columns where the evaluations have them (world and tofu: targets)
@@ -84,8 +85,11 @@ def summary_rows(results: dict, attacks: list[str]) -> tuple[list[str], list[lis
         own = [baselines.get(a, {}).get("oracle", {}).get(keys[a]) if declared[a].fallback is None else None
                for a in attacks]
         rows.append(["oracle", *accs(results["oracle"]), *own] + [None] * (len(cols) - fixed - len(attacks)))
+    def headline(result: dict, key: str):  # "n/a": the attack does not apply (an ensemble's internals)
+        return "n/a" if "not_applicable" in result else result.get(key)
+
     for name, m in results["methods"].items():
-        row = [name, *accs(m), *[m["attacks"].get(a, {}).get(keys[a]) for a in attacks]]
+        row = [name, *accs(m), *[headline(m["attacks"].get(a, {}), keys[a]) for a in attacks]]
         if margin:
             a, b = m["attacks"]["rtt"].get(keys["rtt"]), m["attacks"]["unrelated"].get(keys["rtt"])
             row.append(None if a is None or b is None else a - b)

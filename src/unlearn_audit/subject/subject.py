@@ -240,6 +240,8 @@ def load_pretrained(name_or_path: str | os.PathLike, *, device: str | torch.devi
     by_revision = {"revision": revision} if revision else {}
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from . import ensemble  # noqa: F401  (registers the SISA ensemble with the Auto classes)
+
     _quiet_transformers()
     path = Path(spec).expanduser()
     local = path.is_dir()
