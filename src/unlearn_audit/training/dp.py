@@ -148,10 +148,17 @@ class DPSGD:
         total = {n: torch.zeros_like(w) for n, w in trained.items()}
         losses = []
         ids_all, labels_all = batch["input_ids"], batch["labels"]
+        # longest first, each chunk cut to its own longest row: a per-example gradient does not
+        # depend on its right padding, and one long document no longer widens every chunk
+        mask = batch.get("attention_mask")
+        lengths = mask.sum(1) if mask is not None else torch.full((ids_all.shape[0],), ids_all.shape[1])
+        order = torch.argsort(lengths, descending=True, stable=True)
+        ids_all, labels_all, lengths = ids_all[order], labels_all[order], lengths[order]
         device = params[0].device
         for start in range(0, ids_all.shape[0], self.chunk):
-            ids = ids_all[start:start + self.chunk].to(device)
-            labels = labels_all[start:start + self.chunk].to(device)
+            width = int(lengths[start:start + self.chunk].max())
+            ids = ids_all[start:start + self.chunk, :width].to(device)
+            labels = labels_all[start:start + self.chunk, :width].to(device)
             with warnings.catch_warnings():  # CPU attention has no batching rule: vmap loops it, correctly
                 warnings.filterwarnings("ignore", message="There is a performance drop")
                 grads, loss = per_example(trained, ids, labels)
