@@ -55,11 +55,17 @@ def test_the_plan_shards_by_entity():
 
 
 def test_sisa_with_one_shard_is_the_organism_bit_for_bit(quick, tmp_path):
-    full, _ = organism(quick, 0, cache_dir=tmp_path)
+    """S = R = 1: the one constituent is the full organism, and unlearning retrains it into the
+    oracle (the same recipe on the same documents)."""
+    full, oracle = organism(quick, 0, cache_dir=tmp_path)
     ensemble = sisa(quick, 0, shards=1, slices=1, cache_dir=tmp_path)
     (member,) = ensemble.model.members
     assert weights_hash(member) == weights_hash(full.model)
     assert ensemble.info["sisa"]["constituent_steps"] == [full.info["organism"]["steps"]]
+    unlearned = sisa(quick, 0, shards=1, slices=1, concept=0, cache_dir=tmp_path)
+    (member,) = unlearned.model.members
+    assert weights_hash(member) == weights_hash(oracle.model) != weights_hash(full.model)
+    assert unlearned.info["sisa"]["retrain_steps"] == oracle.info["organism"]["steps"]
 
 
 def test_the_ensemble_is_the_mean_of_its_members_probabilities(quick, tmp_path):
