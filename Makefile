@@ -8,10 +8,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test test-fast bench lint clean
 
-$(STAMP): pyproject.toml
+# CONSTRAINTS pins every other dependency to the versions tested together (constraints.txt);
+# `make setup CONSTRAINTS=` takes the newest the package metadata allows instead
+CONSTRAINTS ?= constraints.txt
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e '.[dev,benchmarks,peft,quantize,lmeval,ray,slurm,dp]'
+	$(BIN)/python -m pip install -q $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev,benchmarks,peft,quantize,lmeval,ray,slurm,dp]'
 	touch $(STAMP)
 
 setup: $(STAMP)
