@@ -38,17 +38,34 @@ class QAScores:
         return float(self.nll.mean()) if len(self.nll) else float("nan")
 
 
+def data_parallel() -> tuple[int, int]:
+    """``(rank, world size)`` of the ``torch.distributed`` group this process is in (launched
+    by ``torchrun`` / ``accelerate launch``); ``(0, 1)`` outside one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 @torch.no_grad()
 def score_encoded(model, encoded: Mapping[str, torch.Tensor], batch_size: int = EVAL_BATCH) -> QAScores:
-    """Teacher-forced correctness and NLL of every row of a pre-encoded QA set."""
+    """Teacher-forced correctness and NLL of every row of a pre-encoded QA set.
+
+    In a ``torch.distributed`` group of W processes, each holding the whole model, process r
+    scores batches r, r + W, ... and the rows are summed across processes (every other process
+    holds zeros there): the same batches as in one process, so the same numbers, bit for bit."""
     device = next(model.parameters()).device
     lengths = encoded["attention_mask"].sum(1)
     order = torch.argsort(lengths, descending=True)  # similar lengths share a batch
     n = len(order)
     correct = torch.zeros(n, dtype=torch.bool)
     nll = torch.zeros(n)
+    rank, world = data_parallel()
     with eval_mode(model):
-        for i in range(0, n, batch_size):
+        for b, i in enumerate(range(0, n, batch_size)):
+            if b % world != rank:
+                continue
             idx = order[i:i + batch_size]
             width = int(lengths[idx].max())
             batch = {k: encoded[k][idx, :width].to(device) for k in ("input_ids", "attention_mask", "labels")}
@@ -58,6 +75,14 @@ def score_encoded(model, encoded: Mapping[str, torch.Tensor], batch_size: int = 
             hit = (logits[:, :-1].argmax(-1) == target) | (target == IGNORE)
             correct[idx] = hit.all(1).cpu()
             nll[idx] = (-(logp.sum(1)) / mask.sum(1).clamp(min=1)).float().cpu()
+    if world > 1:
+        import torch.distributed as dist
+
+        # NCCL reduces device tensors, gloo host ones; x + 0.0 is x, so the sum is exact
+        where = device if dist.get_backend() == "nccl" else torch.device("cpu")
+        summed = torch.stack([correct.float(), nll]).to(where)
+        dist.all_reduce(summed)
+        correct, nll = summed[0].cpu() > 0.5, summed[1].cpu()
     return QAScores(correct, nll)
 
 
