@@ -26,7 +26,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "unlearn_audit"
 
 FOUNDATION = ("errors", "params", "files", "faults", "progress", "registry", "results", "__version__")
-LAYERS = [FOUNDATION, ("world",), ("data",), ("metrics", "training"), ("subject",), ("organisms",),
+LAYERS = [FOUNDATION, ("world",), ("data",), ("metrics", "training"), ("subject",), ("organisms",), ("sisa",),
           ("methods", "attacks"), ("api",), ("experiment", "report"), ("cli_output",), ("cli_experiments",),
           ("cli",)]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
