@@ -44,7 +44,7 @@ def _scores(tokenizer_dir: str, batch_size: int):
 def _worker(rank: int, tokenizer_dir: str, init_file: str, out: str, batch_size: int) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
-        from unlearn_audit.metrics.qa import data_parallel
+        from unlearn_audit.distributed import data_parallel
 
         assert data_parallel() == (rank, WORLD)
         scores = _scores(tokenizer_dir, batch_size)
@@ -53,7 +53,7 @@ def _worker(rank: int, tokenizer_dir: str, init_file: str, out: str, batch_size:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("batch_size", [16, 64])  # 11 batches (uneven split), 3 batches
+@pytest.mark.parametrize("batch_size", [16])  # 11 batches of 16: an uneven split
 def test_qa_scores_in_two_processes_equal_one(tiny_tokenizer, tmp_path, batch_size):
     tok_dir = tmp_path / "tok"
     tiny_tokenizer.save_pretrained(tok_dir)
@@ -67,3 +67,75 @@ def test_qa_scores_in_two_processes_equal_one(tiny_tokenizer, tmp_path, batch_si
         assert torch.equal(got["correct"], alone.correct)
         assert torch.equal(got["nll"], alone.nll)
     assert len(alone.nll) == len(_items()) and bool((alone.nll > 0).all())
+
+
+def _tiny_lm():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False))
+
+
+def _train(model, optimizer: str, steps=3, k=4):
+    """A few steps of the causal-LM loss over a seeded stream of 4-row micro-batches (every
+    process draws the same stream): AdamW with clipping (the loop's own), or plain SGD without
+    (which, unlike AdamW, a wrong gradient scale moves)."""
+    import unlearn_audit.training.loop as loop
+    from unlearn_audit.training import TrainConfig, train
+
+    gen = torch.Generator().manual_seed(1)
+    batches = [{"input_ids": torch.randint(0, 64, (4, 12), generator=gen)} for _ in range(steps * k)]
+    config = TrainConfig(steps=steps, lr=3e-2 if optimizer == "adamw" else 0.5, grad_accum_steps=k, seed=0,
+                         max_grad_norm=0.5 if optimizer == "adamw" else None)
+    with pytest.MonkeyPatch.context() as m:
+        if optimizer == "sgd":
+            m.setattr(loop, "adamw", lambda params, config: torch.optim.SGD(params, lr=config.lr))
+        return train(model, lambda b: model(input_ids=b["input_ids"], labels=b["input_ids"]).loss, iter(batches),
+                     config)
+
+
+def _train_worker(rank: int, init_file: str, out: str, sharded: bool, optimizer: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        from unlearn_audit.subject.sharding import full_state_dict, shard
+
+        model = _tiny_lm()
+        if sharded:
+            shard(model)
+        log = _train(model, optimizer)
+        torch.save({"weights": full_state_dict(model), "losses": log.losses}, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+@pytest.mark.parametrize("sharded", [False, True], ids=["replicated", "fsdp2"])
+def test_training_in_two_processes_equals_one(tmp_path, sharded, optimizer):
+    """Each step's 4 micro-batches split 2 + 2 over two processes, gradients summed (a whole
+    model in each) or reduce-scattered (FSDP2 shards, gloo on CPU): the same losses and final
+    weights as one process computing all four, within float-summation tolerance."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    out = tmp_path / "trained"
+    mp.spawn(_train_worker, args=(str(tmp_path / "init"), str(out), sharded, optimizer), nprocs=WORLD, join=True)
+    torch.set_num_threads(1)
+    model = _tiny_lm()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    log = _train(model, optimizer)
+    for rank in range(WORLD):
+        got = torch.load(Path(f"{out}.{rank}"))
+        assert got["losses"] == pytest.approx(log.losses, rel=1e-6)
+        for name, w in model.state_dict().items():
+            torch.testing.assert_close(got["weights"][name], w, rtol=0, atol=1e-5)
+    assert max(float((w - start[n]).abs().max()) for n, w in model.state_dict().items()) > 1e-2  # it trained
+
+
+def test_a_step_needs_a_multiple_of_the_processes(monkeypatch):
+    import unlearn_audit.training.loop as loop
+    from unlearn_audit.errors import UserInputError
+    from unlearn_audit.training import TrainConfig, train
+
+    monkeypatch.setattr(loop, "data_parallel", lambda: (0, 2))
+    with pytest.raises(UserInputError, match="multiple of 2"):
+        train(_tiny_lm(), lambda b: None, iter([]), TrainConfig(steps=1, grad_accum_steps=3))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "unlearn_audit"
 
-FOUNDATION = ("errors", "params", "files", "faults", "progress", "registry", "results", "__version__")
+FOUNDATION = ("errors", "params", "files", "faults", "progress", "registry", "results", "distributed", "__version__")
 LAYERS = [FOUNDATION, ("world",), ("data",), ("metrics", "training"), ("subject",), ("organisms",), ("sisa",),
           ("methods", "attacks"), ("api",), ("experiment", "report"), ("cli_output",), ("cli_experiments",),
           ("cli",)]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from ..data.encode import PromptFormat, encode_qa
+from ..distributed import data_parallel, is_sharded, sum_across
 from ..world import QA
 from .likelihood import IGNORE, eval_mode, forward_logits, token_logprobs
 
@@ -38,23 +39,14 @@ class QAScores:
         return float(self.nll.mean()) if len(self.nll) else float("nan")
 
 
-def data_parallel() -> tuple[int, int]:
-    """``(rank, world size)`` of the ``torch.distributed`` group this process is in (launched
-    by ``torchrun`` / ``accelerate launch``); ``(0, 1)`` outside one."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 @torch.no_grad()
 def score_encoded(model, encoded: Mapping[str, torch.Tensor], batch_size: int = EVAL_BATCH) -> QAScores:
     """Teacher-forced correctness and NLL of every row of a pre-encoded QA set.
 
     In a ``torch.distributed`` group of W processes, each holding the whole model, process r
     scores batches r, r + W, ... and the rows are summed across processes (every other process
-    holds zeros there): the same batches as in one process, so the same numbers, bit for bit."""
+    holds zeros there): the same batches as in one process, so the same numbers, bit for bit. A
+    sharded model (FSDP2) needs every process in every forward pass: each scores every batch."""
     device = next(model.parameters()).device
     lengths = encoded["attention_mask"].sum(1)
     order = torch.argsort(lengths, descending=True)  # similar lengths share a batch
@@ -62,6 +54,8 @@ def score_encoded(model, encoded: Mapping[str, torch.Tensor], batch_size: int = 
     correct = torch.zeros(n, dtype=torch.bool)
     nll = torch.zeros(n)
     rank, world = data_parallel()
+    if world > 1 and is_sharded(model):
+        rank, world = 0, 1
     with eval_mode(model):
         for b, i in enumerate(range(0, n, batch_size)):
             if b % world != rank:
@@ -75,14 +69,9 @@ def score_encoded(model, encoded: Mapping[str, torch.Tensor], batch_size: int = 
             hit = (logits[:, :-1].argmax(-1) == target) | (target == IGNORE)
             correct[idx] = hit.all(1).cpu()
             nll[idx] = (-(logp.sum(1)) / mask.sum(1).clamp(min=1)).float().cpu()
-    if world > 1:
-        import torch.distributed as dist
-
-        # NCCL reduces device tensors, gloo host ones; x + 0.0 is x, so the sum is exact
-        where = device if dist.get_backend() == "nccl" else torch.device("cpu")
-        summed = torch.stack([correct.float(), nll]).to(where)
-        dist.all_reduce(summed)
-        correct, nll = summed[0].cpu() > 0.5, summed[1].cpu()
+    if world > 1:  # x + 0.0 is x: the sum is exact
+        summed = sum_across(torch.stack([correct.float(), nll]))
+        correct, nll = summed[0] > 0.5, summed[1]
     return QAScores(correct, nll)
 
 

@@ -25,6 +25,7 @@ from typing import Literal
 import torch
 
 from .. import faults, progress
+from ..distributed import data_parallel, is_sharded, sum_across, sum_gradients
 from ..errors import TrainingDiverged, UserInputError
 from .dp import DPSGD
 
@@ -116,6 +117,13 @@ def train(
         dp: DP-SGD (:mod:`.dp`): each batch's gradient is its clipped, noised per-example sum
             instead of ``loss_fn``'s (which is not called); needs float32 parameters, no
             accumulation and ``max_grad_norm=None`` (the clipping is per example).
+
+    In a ``torch.distributed`` group of W processes (``distributed.py``) each step's
+    ``grad_accum_steps`` micro-batches are split among them: every process draws every
+    micro-batch from ``batches`` (the same seeded stream) and process r computes micro-batches
+    r, r + W, .... The gradients are summed across processes (a replicated model) or
+    reduce-scattered by FSDP2 (a sharded one), so a step is the one-process step up to the order
+    of the float sums, and every process steps the same weights.
     Raises:
         TrainingDiverged: the loss or gradient norm became NaN/inf; ``.log`` keeps the losses.
     """
@@ -127,7 +135,13 @@ def train(
         raise UserInputError(f"grad_accum_steps must be >= 1, not {config.grad_accum_steps}")
     if dp is not None and (config.grad_accum_steps != 1 or config.max_grad_norm is not None):
         raise UserInputError("DP-SGD clips per example: set grad_accum_steps=1 and max_grad_norm=None")
+    rank, world = data_parallel()
+    if world > 1 and (dp is not None or config.grad_accum_steps % world):
+        raise UserInputError(f"{world} processes share each step's micro-batches: give grad_accum_steps a multiple "
+                             f"of {world} (not {config.grad_accum_steps}); DP-SGD runs in one process")
+    sharded = world > 1 and is_sharded(model)
     params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
+    own = list(params)  # the model's own (the masters get their gradients from these)
     masters = MasterWeights(params)
     params = masters.optimised
     optimizer = adamw(params, config)
@@ -149,18 +163,31 @@ def train(
                     if not math.isfinite(value):
                         raise TrainingDiverged(f"{description}: loss became {value} at step {step + 1} "
                                                f"(lr={config.lr:g}); lower the learning rate", log.losses)
-                for _ in range(k if dp is None else 0):  # k = 1: one batch, its loss as it is
-                    loss = loss_fn(next(iterator))
+                for j in range(k if dp is None else 0):  # k = 1: one batch, its loss as it is
+                    batch = next(iterator)
+                    if j % world != rank:  # another process's micro-batch
+                        continue
+                    loss = loss_fn(batch)
                     micro = float(loss.detach())
-                    if not math.isfinite(micro):
+                    if not math.isfinite(micro) and world == 1:
                         raise TrainingDiverged(
                             f"{description}: loss became {micro} at step {step + 1} (lr={config.lr:g}); "
                             "lower the learning rate or keep gradient clipping on", log.losses)
                     if k > 1:
                         loss = loss / k
                         micro /= k
+                    if sharded:  # FSDP2 averages the processes' gradients: undo the 1/W
+                        loss = loss * world
                     scaler.scale(loss).backward()
                     value += micro
+                if world > 1:
+                    value = float(sum_across(torch.tensor(value, dtype=torch.float64)))
+                    if not math.isfinite(value):  # every process raises together
+                        raise TrainingDiverged(
+                            f"{description}: loss became {value} at step {step + 1} (lr={config.lr:g}); "
+                            "lower the learning rate or keep gradient clipping on", log.losses)
+                    if not sharded:
+                        sum_gradients(own)
                 masters.take_grads()
                 scaler.unscale_(optimizer)
                 if config.max_grad_norm is not None:
