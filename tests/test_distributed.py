@@ -139,3 +139,58 @@ def test_a_step_needs_a_multiple_of_the_processes(monkeypatch):
     monkeypatch.setattr(loop, "data_parallel", lambda: (0, 2))
     with pytest.raises(UserInputError, match="multiple of 2"):
         train(_tiny_lm(), lambda b: None, iter([]), TrainConfig(steps=1, grad_accum_steps=3))
+
+
+def _unlearn_cli(model_dir: Path, out: Path, processes: int, accum: int = 2):
+    """``unlearn`` of gradient difference as a subprocess, under ``torchrun`` with
+    ``processes`` > 1: the printed JSON document (the finished process, if it failed)."""
+    import json
+    import subprocess
+    import sys
+
+    args = ["unlearn", "--subject", str(model_dir), "--target", "world:0", "--method", "gradient_difference",
+            "--param", "steps=3", "--param", "batch_size=4", "--param", f"grad_accum_steps={accum}",
+            "--param", "lr=1e-2", "--device", "cpu", "--out", str(out), "--json"]
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+                if processes > 1 else [sys.executable])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "UNLEARN_AUDIT_PROGRESS": "0"}
+    done = subprocess.run([*launcher, "-m", "unlearn_audit", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+    if done.returncode:
+        return done
+    return json.loads(done.stdout)
+
+
+def test_unlearn_under_torchrun_equals_one_process(tiny_model_dirs, tmp_path):
+    """``torchrun --nproc_per_node 2 -m unlearn_audit unlearn ...``: one JSON document (only the
+    first process prints), one saved model (only it writes), and the one-process run's numbers:
+    the same evaluation, bit for bit, and the same weights within 1e-5."""
+    from safetensors.torch import load_file
+
+    one = _unlearn_cli(tiny_model_dirs["llama"], tmp_path / "one", 1)
+    two = _unlearn_cli(tiny_model_dirs["llama"], tmp_path / "two", 2)
+    assert isinstance(one, dict) and isinstance(two, dict), (one, two)
+    assert two["before"] == one["before"]
+    for name, scores in one["after"]["sets"].items():
+        assert two["after"]["sets"][name]["acc"] == scores["acc"]
+        assert two["after"]["sets"][name]["nll"] == pytest.approx(scores["nll"], abs=1e-4)
+    a, b = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    original = load_file(tiny_model_dirs["llama"] / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-5)
+    assert any(not torch.equal(a[k], original[k]) for k in a)  # it trained
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    # the processes did share the steps: 3 micro-batches a step cannot be split two ways
+    failed = _unlearn_cli(tiny_model_dirs["llama"], tmp_path / "three", 2, accum=3)
+    assert failed.returncode and "give grad_accum_steps a multiple of 2" in failed.stderr
+    assert not (tmp_path / "three").exists()
+
+
+def test_commands_that_run_in_one_process_are_refused_under_a_launcher(monkeypatch):
+    from test_bad_input import assert_refused, cli
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, _, stderr = cli("run", "examples/demo.yaml")
+    assert_refused(code, stderr)
+    assert "runs in one process" in stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -535,12 +536,41 @@ def _command():
     return typer.main.get_command(app)
 
 
+# what runs as several processes under torchrun / accelerate launch (training split across
+# them, evaluation data-parallel, the first process writing); the rest runs in one
+GROUP_COMMANDS = ("unlearn", "evaluate")
+
+
+def _in_group(argv: list[str]) -> bool:
+    """Under a launcher: join its process group, and let only the first process print.
+    A command that cannot run in a group is refused (UserInputError)."""
+    try:  # the launcher's environment, read without importing torch (``--help`` stays light)
+        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+            return False
+    except ValueError:
+        return False
+    from .errors import UserInputError
+
+    name = next((a for a in argv if not a.startswith("-")), None)
+    if name not in GROUP_COMMANDS:
+        raise UserInputError(f"{name or 'this command'} runs in one process; under torchrun or accelerate launch "
+                             f"run one of: {', '.join(GROUP_COMMANDS)}")
+    from .distributed import data_parallel, join_group
+
+    join_group()
+    if data_parallel()[0] != 0:
+        sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning our errors into one ``error:`` line and an exit code."""
     from .errors import UnlearnAuditError
 
     command = _command()
+    grouped = False
     try:
+        grouped = _in_group(sys.argv[1:] if argv is None else argv)
         rv = command.main(args=argv, prog_name="unlearn-audit", standalone_mode=False)
         if rv == 130:  # typer turned a KeyboardInterrupt into this exit code before we could see it
             print(INTERRUPTED, file=sys.stderr)
@@ -578,6 +608,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e.format_message()}", file=sys.stderr)
             return 2
         raise
+    finally:
+        if grouped:
+            from .distributed import leave_group
+
+            leave_group()
 
 
 def _console_main() -> None:

@@ -60,3 +60,48 @@ def sum_gradients(params: list[torch.nn.Parameter]) -> None:
     for p in params:
         g = p.grad if p.grad is not None else torch.zeros_like(p)
         p.grad = sum_across(g)
+
+
+def launched() -> bool:
+    """Whether a launcher (``torchrun``, ``accelerate launch``) started this process as one of
+    several: ``WORLD_SIZE`` > 1 in the environment."""
+    import os
+
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
+def local_rank() -> int:
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", "0") or 0)
+
+
+def join_group() -> None:
+    """Join the launcher's process group (NCCL with a GPU per process, else gloo), once."""
+    import torch.distributed as dist
+
+    if not launched() or dist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank())
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+
+
+def leave_group() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    """Wait for every process of the group (nothing outside one)."""
+    import torch.distributed as dist
+
+    if data_parallel()[1] > 1:
+        dist.barrier()

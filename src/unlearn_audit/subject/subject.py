@@ -117,6 +117,20 @@ class Subject:
         loading finds the base where ``info["lora_base"]`` says), or with ``merge`` a whole model
         with the adapters merged into its weights."""
         _quiet_transformers()
+        from ..distributed import barrier, data_parallel
+
+        rank, world = data_parallel()
+        if rank != 0:  # in a process group the first process writes, the others wait for it
+            barrier()
+            self.path = str(Path(path).expanduser().resolve())
+            return Path(self.path)
+        try:
+            return self._save(path, merge)
+        finally:
+            if world > 1:
+                barrier()
+
+    def _save(self, path, merge: bool) -> Path:
         path = prepare_output_dir(path, "model", flag="model directory", create=False)
         if path.is_dir() and (extra := foreign_files(path)):
             raise UserInputError(f"model directory {path} holds files unlearn-audit did not write "
@@ -158,8 +172,10 @@ def _quiet_transformers() -> None:
 def pick_device(device: str | torch.device | None = "auto") -> torch.device:
     """``auto``: cuda > mps > cpu."""
     if device is None or str(device) == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
+        if torch.cuda.is_available():  # one GPU per process under a launcher
+            from ..distributed import launched, local_rank
+
+            return torch.device(f"cuda:{local_rank()}") if launched() else torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
