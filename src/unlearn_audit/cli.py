@@ -338,6 +338,7 @@ def unlearn_cmd(
 
     m = get_method(method)
     params = m.params(parse_params(param))  # validate before loading anything heavy
+    _check_group_accumulation(params)
     prepare_output_dir(out, "model", create=False)  # refuse a user's directory before any work
     s = load_subject(subject, device=device, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision,
                      prompt_template=prompt_template, system_prompt=system_prompt)
@@ -561,6 +562,19 @@ def _in_group(argv: list[str]) -> bool:
     if data_parallel()[0] != 0:
         sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     return True
+
+
+def _check_group_accumulation(params) -> None:
+    """Under a launcher, each step's micro-batches are shared among the processes: refuse a
+    count that does not divide, before any model is loaded (the training loop checks it too)."""
+    from .distributed import data_parallel
+    from .errors import UserInputError
+
+    world = data_parallel()[1]
+    accum = getattr(params, "grad_accum_steps", None)
+    if world > 1 and accum is not None and accum % world:
+        raise UserInputError(f"{world} processes share each step's micro-batches: give grad_accum_steps a multiple "
+                             f"of {world} (not {accum}), e.g. --param grad_accum_steps={world}")
 
 
 def main(argv: list[str] | None = None) -> int:
