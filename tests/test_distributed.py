@@ -136,7 +136,10 @@ def test_a_step_needs_a_multiple_of_the_processes(monkeypatch):
     from unlearn_audit.errors import UserInputError
     from unlearn_audit.training import TrainConfig, train
 
-    monkeypatch.setattr(loop, "data_parallel", lambda: (0, 2))
+    import unlearn_audit.distributed as distributed
+
+    for module in (loop, distributed):  # the loop's view and the check's
+        monkeypatch.setattr(module, "data_parallel", lambda: (0, 2))
     with pytest.raises(UserInputError, match="multiple of 2"):
         train(_tiny_lm(), lambda b: None, iter([]), TrainConfig(steps=1, grad_accum_steps=3))
 

@@ -338,7 +338,10 @@ def unlearn_cmd(
 
     m = get_method(method)
     params = m.params(parse_params(param))  # validate before loading anything heavy
-    _check_group_accumulation(params)
+    if (accum := getattr(params, "grad_accum_steps", None)) is not None:  # before any model is loaded
+        from .distributed import check_shared_steps
+
+        check_shared_steps(accum)
     prepare_output_dir(out, "model", create=False)  # refuse a user's directory before any work
     s = load_subject(subject, device=device, dtype=dtype, trust_remote_code=trust_remote_code, revision=revision,
                      prompt_template=prompt_template, system_prompt=system_prompt)
@@ -545,10 +548,9 @@ GROUP_COMMANDS = ("unlearn", "evaluate")
 def _in_group(argv: list[str]) -> bool:
     """Under a launcher: join its process group, and let only the first process print.
     A command that cannot run in a group is refused (UserInputError)."""
-    try:  # the launcher's environment, read without importing torch (``--help`` stays light)
-        if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-            return False
-    except ValueError:
+    from .distributed import launched
+
+    if not launched():
         return False
     from .errors import UserInputError
 
@@ -562,19 +564,6 @@ def _in_group(argv: list[str]) -> bool:
     if data_parallel()[0] != 0:
         sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
     return True
-
-
-def _check_group_accumulation(params) -> None:
-    """Under a launcher, each step's micro-batches are shared among the processes: refuse a
-    count that does not divide, before any model is loaded (the training loop checks it too)."""
-    from .distributed import data_parallel
-    from .errors import UserInputError
-
-    world = data_parallel()[1]
-    accum = getattr(params, "grad_accum_steps", None)
-    if world > 1 and accum is not None and accum % world:
-        raise UserInputError(f"{world} processes share each step's micro-batches: give grad_accum_steps a multiple "
-                             f"of {world} (not {accum}), e.g. --param grad_accum_steps={world}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,12 @@ Two ways a model lives in a group of W processes:
 
 from __future__ import annotations
 
-import torch
+import os
+
+from .errors import UserInputError
+
+# torch is imported inside the functions: the CLI asks ``launched()`` before any command, and
+# ``--help`` imports no torch
 
 
 def data_parallel() -> tuple[int, int]:
@@ -27,20 +32,21 @@ def data_parallel() -> tuple[int, int]:
     return 0, 1
 
 
-def is_sharded(model: torch.nn.Module) -> bool:
+def is_sharded(model) -> bool:
     """Whether ``model``'s parameters are FSDP2 shards (``DTensor``)."""
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) for p in model.parameters())
 
 
-def _collective_device(device: torch.device) -> torch.device:
+def _collective_device(device):
+    import torch
     import torch.distributed as dist
 
     return device if dist.get_backend() == "nccl" else torch.device("cpu")  # NCCL: device tensors; gloo: host
 
 
-def sum_across(t: torch.Tensor) -> torch.Tensor:
+def sum_across(t):
     """``t`` summed over the group's processes (``t`` itself outside a group); a new tensor
     on ``t``'s device."""
     import torch.distributed as dist
@@ -52,9 +58,11 @@ def sum_across(t: torch.Tensor) -> torch.Tensor:
     return out.to(t.device)
 
 
-def sum_gradients(params: list[torch.nn.Parameter]) -> None:
+def sum_gradients(params: list) -> None:
     """Replace each parameter's gradient by its sum over the group (a missing one counts as
     zeros: a process that drew no batch for it)."""
+    import torch
+
     if data_parallel()[1] == 1:
         return
     for p in params:
@@ -65,8 +73,6 @@ def sum_gradients(params: list[torch.nn.Parameter]) -> None:
 def launched() -> bool:
     """Whether a launcher (``torchrun``, ``accelerate launch``) started this process as one of
     several: ``WORLD_SIZE`` > 1 in the environment."""
-    import os
-
     try:
         return int(os.environ.get("WORLD_SIZE", "1")) > 1
     except ValueError:
@@ -74,13 +80,12 @@ def launched() -> bool:
 
 
 def local_rank() -> int:
-    import os
-
     return int(os.environ.get("LOCAL_RANK", "0") or 0)
 
 
 def join_group() -> None:
     """Join the launcher's process group (NCCL with a GPU per process, else gloo), once."""
+    import torch
     import torch.distributed as dist
 
     if not launched() or dist.is_initialized():
@@ -105,3 +110,12 @@ def barrier() -> None:
 
     if data_parallel()[1] > 1:
         dist.barrier()
+
+
+def check_shared_steps(grad_accum_steps: int) -> None:
+    """In a group of W processes each step's micro-batches are shared among them
+    (``training/loop.py``): refuse a count W does not divide."""
+    world = data_parallel()[1]
+    if world > 1 and grad_accum_steps % world:
+        raise UserInputError(f"{world} processes share each step's micro-batches: give grad_accum_steps a multiple "
+                             f"of {world} (not {grad_accum_steps}), e.g. --param grad_accum_steps={world}")

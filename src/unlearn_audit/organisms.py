@@ -209,10 +209,10 @@ def document_examples(tokenizer, docs: list[str], max_len: int) -> dict[str, tor
     documents are longer than 64 tokens). A longer document is an error, not a silent cut."""
     eos = tokenizer.eos_token_id
     rows = [[eos] + ids + [eos] for ids in tokenizer(list(docs), add_special_tokens=False)["input_ids"]]
-    if (longest := max(len(r) for r in rows)) > max_len:
-        raise UserInputError(f"a training document has {longest} tokens, more than the model's {max_len} "
-                             "positions; DP-SGD trains on whole documents: give the preset a larger seq_len")
     width = max(len(r) for r in rows)
+    if width > max_len:
+        raise UserInputError(f"a training document has {width} tokens, more than the model's {max_len} "
+                             "positions; DP-SGD trains on whole documents: give the preset a larger seq_len")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
     mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])

@@ -34,15 +34,7 @@ from pathlib import Path
 
 from . import progress
 from .errors import UserInputError
-from .organisms import (
-    build_model,
-    cache_root,
-    concept_accuracy,
-    fit,
-    get_preset,
-    organism,
-    organism_key,
-)
+from .organisms import build_model, cache_root, fit, get_preset, organism, organism_key
 from .subject.subject import Subject, load_pretrained, set_threads
 from .world import World, build_world, qa_pairs, world_config
 from .world.render import concept_units
@@ -180,14 +172,3 @@ def sisa(preset: str = "default", seed: int = 0, shards: int = 4, slices: int = 
                        {"sisa": info})
     return ensemble
 
-
-def sharding_accuracy(preset: str, seed: int, shards: int, slices: int = 1, plan_seed: int = 0, *,
-                      cache_dir: str | os.PathLike | None = None, threads: int | None = None) -> dict:
-    """Per concept QA accuracy of the ``shards``-shard ensemble and of the monolithic full model
-    (the utility cost of sharding)."""
-    ensemble = sisa(preset, seed, shards, slices, plan_seed=plan_seed, cache_dir=cache_dir, threads=threads)
-    full, _ = organism(preset, seed, cache_dir=cache_dir)
-    world = build_world(world_config(get_preset(preset).world, seed))
-    return {"ensemble": concept_accuracy(ensemble, world), "monolithic": concept_accuracy(full, world),
-            "constituent_steps": ensemble.info["sisa"]["constituent_steps"],
-            "monolithic_steps": full.info["organism"]["steps"]}

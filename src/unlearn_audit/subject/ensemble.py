@@ -96,9 +96,5 @@ class EnsembleForCausalLM(PreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(loss=loss, logits=logits)
 
 
-def is_ensemble(model) -> bool:
-    return isinstance(model, EnsembleForCausalLM)
-
-
 AutoConfig.register(MODEL_TYPE, EnsembleConfig, exist_ok=True)
 AutoModelForCausalLM.register(EnsembleConfig, EnsembleForCausalLM, exist_ok=True)

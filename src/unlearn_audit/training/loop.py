@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 
 from .. import faults, progress
-from ..distributed import data_parallel, is_sharded, sum_across, sum_gradients
+from ..distributed import check_shared_steps, data_parallel, is_sharded, sum_across, sum_gradients
 from ..errors import TrainingDiverged, UserInputError
 from .dp import DPSGD
 
@@ -136,9 +136,9 @@ def train(
     if dp is not None and (config.grad_accum_steps != 1 or config.max_grad_norm is not None):
         raise UserInputError("DP-SGD clips per example: set grad_accum_steps=1 and max_grad_norm=None")
     rank, world = data_parallel()
-    if world > 1 and (dp is not None or config.grad_accum_steps % world):
-        raise UserInputError(f"{world} processes share each step's micro-batches: give grad_accum_steps a multiple "
-                             f"of {world} (not {config.grad_accum_steps}); DP-SGD runs in one process")
+    if world > 1 and dp is not None:
+        raise UserInputError(f"DP-SGD runs in one process, not {world}")
+    check_shared_steps(config.grad_accum_steps)
     sharded = world > 1 and is_sharded(model)
     params = [p for p in (parameters if parameters is not None else model.parameters()) if p.requires_grad]
     own = list(params)  # the model's own (the masters get their gradients from these)
@@ -169,10 +169,6 @@ def train(
                         continue
                     loss = loss_fn(batch)
                     micro = float(loss.detach())
-                    if not math.isfinite(micro) and world == 1:
-                        raise TrainingDiverged(
-                            f"{description}: loss became {micro} at step {step + 1} (lr={config.lr:g}); "
-                            "lower the learning rate or keep gradient clipping on", log.losses)
                     if k > 1:
                         loss = loss / k
                         micro /= k
@@ -180,14 +176,14 @@ def train(
                         loss = loss * world
                     scaler.scale(loss).backward()
                     value += micro
-                if world > 1:
+                if world > 1:  # the step's loss over every process: each of them raises below, or none
                     value = float(sum_across(torch.tensor(value, dtype=torch.float64)))
-                    if not math.isfinite(value):  # every process raises together
-                        raise TrainingDiverged(
-                            f"{description}: loss became {value} at step {step + 1} (lr={config.lr:g}); "
-                            "lower the learning rate or keep gradient clipping on", log.losses)
-                    if not sharded:
-                        sum_gradients(own)
+                if not math.isfinite(value):
+                    raise TrainingDiverged(
+                        f"{description}: loss became {value} at step {step + 1} (lr={config.lr:g}); "
+                        "lower the learning rate or keep gradient clipping on", log.losses)
+                if world > 1 and not sharded:
+                    sum_gradients(own)
                 masters.take_grads()
                 scaler.unscale_(optimizer)
                 if config.max_grad_norm is not None:
