@@ -132,11 +132,10 @@ def test_training_in_two_processes_equals_one(tmp_path, sharded, optimizer):
 
 
 def test_a_step_needs_a_multiple_of_the_processes(monkeypatch):
+    import unlearn_audit.distributed as distributed
     import unlearn_audit.training.loop as loop
     from unlearn_audit.errors import UserInputError
     from unlearn_audit.training import TrainConfig, train
-
-    import unlearn_audit.distributed as distributed
 
     for module in (loop, distributed):  # the loop's view and the check's
         monkeypatch.setattr(module, "data_parallel", lambda: (0, 2))

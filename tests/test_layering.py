@@ -27,7 +27,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "unlearn_audit"
 
 FOUNDATION = ("errors", "params", "files", "faults", "progress", "registry", "results", "distributed", "__version__")
 LAYERS = [FOUNDATION, ("world",), ("data",), ("metrics", "training"), ("subject",), ("organisms",), ("sisa",),
-          ("methods", "attacks"), ("api",), ("experiment", "report"), ("cli_output",), ("cli_experiments",),
+          ("methods", "attacks"), ("api",), ("experiment", "report"), ("cli_output",), ("cli_experiments", "cli_world"),
           ("cli",), ("__main__",)]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 ONLY = {"report": set(FOUNDATION)}                    # may import nothing else
